@@ -1,0 +1,144 @@
+"""One forward pass per batch captures every configured hook and streams it into Zarr stores.
+
+The pass stops after the deepest hook fires. Batches are fixed slices of contexts, so a resumed
+run recomputes exactly the same batches and its stores are identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.activation_store import ActivationWriter
+from pipeline.config import ConfigError, HarvestConfig, Hook
+from pipeline.models import (
+    checkpoint_fingerprint,
+    checkpoint_info,
+    load_model,
+    load_model_config,
+    resolve_device,
+)
+from pipeline.sites import architecture, capturing, forward_until_captured, validate_hooks
+from pipeline.tokens import TokenStore
+
+
+def store_path(activations_dir: Path | str, hook: Hook | str) -> Path:
+    name = hook.name if isinstance(hook, Hook) else hook
+    return Path(activations_dir) / f"{name}.zarr"
+
+
+@dataclass
+class HarvestResult:
+    n_rows: int
+    rows_computed: int
+    resumed_from_row: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.rows_computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def validate(cfg: HarvestConfig, model_dir: Path) -> list[Hook]:
+    """All checks that need no weights: hook names, layers, architecture, device."""
+    hooks = cfg.parsed_hooks()
+    hf_config = load_model_config(model_dir)
+    architecture(hf_config.model_type)
+    validate_hooks(hooks, hf_config.num_hidden_layers)
+    resolve_device(cfg.device)
+    return hooks
+
+
+def _fingerprint(model_dir: Path, tokens: TokenStore, hook: Hook, cfg: HarvestConfig) -> str:
+    identity = {
+        "model": checkpoint_fingerprint(model_dir),
+        "tokens": tokens.content_hash,
+        "hook": hook.name,
+        "compute_dtype": cfg.compute_dtype,
+        "store_dtype": cfg.store_dtype,
+        "batch_size": cfg.batch_size,
+        "chunk_rows": cfg.chunk_rows,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _widths(model, hooks: list[Hook], bos_id: int, device: torch.device) -> dict[str, int]:
+    """Activation width per hook, from a two-token forward pass (works for any architecture)."""
+    with capturing(model, hooks) as captured:
+        forward_until_captured(model, torch.tensor([[bos_id, bos_id]], device=device))
+        return {name: int(t.shape[-1]) for name, t in captured.items()}
+
+
+def harvest(model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfig, progress: bool = True) -> HarvestResult:
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    hooks = validate(cfg, model_dir)
+    tokens = TokenStore.open(token_store)
+    device = resolve_device(cfg.device)
+    model = load_model(model_dir, cfg.compute_dtype, device)
+    model_name = checkpoint_info(model_dir)["model"]["name"]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {store_path(out_dir, h).name for h in hooks}
+    for stale in out_dir.glob("*.zarr"):
+        if stale.name not in wanted:  # a hook dropped from the config
+            shutil.rmtree(stale)
+
+    widths = _widths(model, hooks, tokens.bos_token_id, device)
+    writers = {
+        h.name: ActivationWriter(
+            store_path(out_dir, h),
+            n_rows=tokens.n_rows,
+            width=widths[h.name],
+            dtype=cfg.store_dtype,
+            chunk_rows=cfg.chunk_rows,
+            fingerprint=_fingerprint(model_dir, tokens, h, cfg),
+            attrs={
+                "model": model_name,
+                "hook": h.name,
+                "site": h.site,
+                "layer": h.layer,
+                "compute_dtype": cfg.compute_dtype,
+                "store_dtype": cfg.store_dtype,
+                "token_store_hash": tokens.content_hash,
+                "n_train_rows": tokens.n_train_rows,
+            },
+        )
+        for h in hooks
+    }
+    resume_row = min(w.committed_rows for w in writers.values())
+    for writer in writers.values():
+        writer.rewind(resume_row)
+
+    per_context = tokens.scored_per_context
+    rows_per_batch = cfg.batch_size * per_context
+    first_batch = resume_row // rows_per_batch
+    skip = resume_row - first_batch * rows_per_batch
+    first_pos = tokens.first_scored_position
+    store_dtype = getattr(torch, cfg.store_dtype)
+
+    started = time.perf_counter()
+    bar = tqdm(total=tokens.n_rows, initial=resume_row, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    with capturing(model, hooks) as captured, torch.inference_mode():
+        for start in range(first_batch * cfg.batch_size, tokens.n_contexts, cfg.batch_size):
+            ids = torch.from_numpy(tokens.contexts[start : start + cfg.batch_size]).to(device=device, dtype=torch.long)
+            captured.clear()
+            forward_until_captured(model, ids)
+            for hook in hooks:
+                acts = captured[hook.name][:, first_pos:, :]
+                block = acts.reshape(-1, acts.shape[-1]).to(store_dtype).cpu().numpy()
+                writers[hook.name].append(block[skip:])
+            bar.update(len(ids) * per_context - skip)
+            skip = 0
+    for writer in writers.values():
+        writer.close()
+    bar.close()
+    seconds = time.perf_counter() - started
+    return HarvestResult(n_rows=tokens.n_rows, rows_computed=tokens.n_rows - resume_row, resumed_from_row=resume_row, seconds=seconds)

@@ -1,0 +1,175 @@
+"""Text -> fixed-length contexts (BOS first) -> a Zarr token store with a train/test split.
+
+Layout of the store (a Zarr group):
+- `contexts` (n_contexts, context_length) int32: train contexts first, then test contexts;
+- `rows/context`, `rows/position`, `rows/token` (n_rows,) int32: the token index. Row i of
+  every activation store is the token at (context, position); only scored positions have rows.
+  Rows [0, n_train_rows) are train tokens, the rest test tokens.
+- attrs: sizes, the split, the BOS id, the source, and `content_hash`, which activation stores
+  record so that a store can be matched to the tokens it was computed from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import zarr
+
+from pipeline.config import ConfigError, DataConfig, TokensConfig
+
+TOKENIZE_BATCH = 256
+
+
+def bos_token_id(tokenizer, bos_token: str | None) -> int:
+    """The id that starts each context and separates documents."""
+    if bos_token is not None:
+        token_id = tokenizer.convert_tokens_to_ids(bos_token)
+        if token_id is None or token_id == tokenizer.unk_token_id and bos_token != tokenizer.unk_token:
+            raise ConfigError(f"model.bos_token: {bos_token!r} is not a token of this tokenizer")
+        return int(token_id)
+    for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ConfigError("model.bos_token: the tokenizer has neither a BOS nor an EOS token; name one in model.bos_token")
+
+
+def token_stream_contexts(documents: Iterable[str], tokenizer, cfg: TokensConfig, bos_id: int, source: str) -> np.ndarray:
+    """Concatenate tokenised documents (separated by BOS) and cut (n_contexts, context_length) rows."""
+    body = cfg.context_length - 1
+    needed = cfg.n_contexts * body
+    stream: list[int] = []
+    n_documents = 0
+    batch: list[str] = []
+
+    def flush() -> None:
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(bos_id)
+        batch.clear()
+
+    for text in documents:
+        n_documents += 1
+        batch.append(text)
+        if len(batch) == TOKENIZE_BATCH:
+            flush()
+            if len(stream) >= needed:
+                break
+    if batch:
+        flush()
+    if n_documents == 0:
+        raise ConfigError(f"data ({source}): the corpus is empty; no document had any text")
+    if len(stream) < needed:
+        available = len(stream) // body
+        raise ConfigError(
+            f"tokens.n_contexts: {cfg.n_contexts} contexts of {cfg.context_length} tokens need {needed} tokens, but "
+            f"data ({source}) gave only {len(stream)} ({available} contexts); lower tokens.n_contexts or use a larger corpus"
+        )
+    contexts = np.asarray(stream[:needed], dtype=np.int32).reshape(cfg.n_contexts, body)
+    return np.concatenate([np.full((cfg.n_contexts, 1), bos_id, dtype=np.int32), contexts], axis=1)
+
+
+def split_train_first(contexts: np.ndarray, cfg: TokensConfig) -> tuple[np.ndarray, int]:
+    """Seeded split by context; returns the contexts reordered train-first and the train count."""
+    order = np.random.default_rng(cfg.seed).permutation(len(contexts))
+    test = np.sort(order[: cfg.n_test_contexts])
+    train = np.setdiff1d(np.arange(len(contexts)), test)
+    return np.concatenate([contexts[train], contexts[test]]), len(train)
+
+
+def content_hash(contexts: np.ndarray, n_train: int, first_scored: int) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(contexts, dtype=np.int32).tobytes())
+    digest.update(f"{contexts.shape}|{n_train}|{first_scored}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TokenStore:
+    """Read side of a token store."""
+
+    path: Path
+    contexts: np.ndarray
+    n_train_contexts: int
+    first_scored_position: int
+    content_hash: str
+    bos_token_id: int
+
+    @property
+    def n_contexts(self) -> int:
+        return len(self.contexts)
+
+    @property
+    def scored_per_context(self) -> int:
+        return self.contexts.shape[1] - self.first_scored_position
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_contexts * self.scored_per_context
+
+    @property
+    def n_train_rows(self) -> int:
+        return self.n_train_contexts * self.scored_per_context
+
+    @staticmethod
+    def open(path: Path | str) -> "TokenStore":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: token store missing; run the `tokens` stage first (dvc repro tokens)")
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+        return TokenStore(
+            path=path,
+            contexts=group["contexts"][:],
+            n_train_contexts=int(attrs["n_train_contexts"]),
+            first_scored_position=int(attrs["first_scored_position"]),
+            content_hash=str(attrs["content_hash"]),
+            bos_token_id=int(attrs["bos_token_id"]),
+        )
+
+
+def write_token_store(
+    out: Path, contexts: np.ndarray, n_train: int, tokens_cfg: TokensConfig, data_cfg: DataConfig, bos_id: int, model_name: str
+) -> TokenStore:
+    """Write the store to a temporary sibling and rename it into place (never half-written)."""
+    out = Path(out)
+    first = tokens_cfg.first_scored_position
+    n_ctx, length = contexts.shape
+    positions = np.arange(first, length, dtype=np.int32)
+    rows_context = np.repeat(np.arange(n_ctx, dtype=np.int32), len(positions))
+    rows_position = np.tile(positions, n_ctx)
+    rows_token = contexts[:, first:].reshape(-1)
+    digest = content_hash(contexts, n_train, first)
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w")
+    group.create_array("contexts", data=contexts, chunks=contexts.shape)
+    rows = group.create_group("rows")
+    for name, values in (("context", rows_context), ("position", rows_position), ("token", rows_token)):
+        rows.create_array(name, data=np.ascontiguousarray(values, dtype=np.int32), chunks=(max(1, len(values)),))
+    group.attrs.update(
+        {
+            "content_hash": digest,
+            "n_contexts": n_ctx,
+            "n_train_contexts": n_train,
+            "context_length": length,
+            "first_scored_position": first,
+            "n_rows": int(len(rows_token)),
+            "n_train_rows": int(n_train * len(positions)),
+            "bos_token_id": bos_id,
+            "model": model_name,
+            "tokens": asdict(tokens_cfg),
+            "data": asdict(data_cfg),
+            "python": sys.version.split()[0],
+        }
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return TokenStore.open(out)

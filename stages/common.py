@@ -1,0 +1,35 @@
+"""Shared plumbing for stage scripts: logging of what a stage read, wrote and how long it took."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.config import ConfigError
+
+log = logging.getLogger("stage")
+
+
+@contextmanager
+def stage(name: str, reads: list[str], writes: list[str]) -> Iterator[None]:
+    """Log the stage's inputs and outputs and its wall time; turn a ConfigError into exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    log.info("%s: reads %s", name, ", ".join(reads))
+    started = time.perf_counter()
+    try:
+        yield
+    except ConfigError as exc:
+        log.error("%s: configuration error: %s", name, exc)
+        sys.exit(2)
+    log.info("%s: wrote %s in %.1f s", name, ", ".join(writes), time.perf_counter() - started)
+
+
+def write_json(path: Path | str, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
