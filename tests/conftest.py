@@ -1,0 +1,64 @@
+"""Shared fixtures: a temporary git copy of the repository, and one smoke-scale DVC run in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        env.setdefault(key, "pytest")
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        env.setdefault(key, "pytest@localhost")
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the tracked and untracked-but-not-ignored files into a fresh git repo with one commit."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory) -> Path:
+    """A git copy of the repo after `dvc exp run -S scale=smoke` (the whole DAG, real model)."""
+    repo = copy_repo(tmp_path_factory.mktemp("smoke_repo"))
+    run(["dvc", "exp", "run", "-S", "scale=smoke"], repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def smoke_params(smoke_repo):
+    from pipeline.config import load_params
+
+    return load_params(smoke_repo / "params.yaml")

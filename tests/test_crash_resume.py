@@ -1,0 +1,97 @@
+"""SIGKILL during harvest, then rerun: the store resumes from its committed rows and ends identical."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from tests.conftest import REPO, run, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+# A deep hook (the whole network runs) and small batches/chunks: many commits, a wide kill window.
+HARVEST = {
+    "hooks": ["blocks.29.hook_resid_post", "blocks.10.hook_mlp_out"],
+    "compute_dtype": "float32",
+    "store_dtype": "float32",
+    "batch_size": 1,
+    "chunk_rows": 56,
+    "device": "cpu",
+}
+
+
+def harvest_cmd(workdir: Path, smoke_repo: Path, out: str) -> list[str]:
+    return [
+        sys.executable, "-m", "stages.harvest",
+        "--model", str(smoke_repo / "artifacts/model"),
+        "--tokens", str(smoke_repo / "artifacts/tokens.zarr"),
+        "--out", str(workdir / out),
+        "--metrics", str(workdir / f"{out}.json"),
+    ]
+
+
+def harvest_env() -> dict[str, str]:
+    return {**subprocess_env(), "PYTHONPATH": str(REPO)}
+
+
+def run_harvest(workdir: Path, smoke_repo: Path, out: str) -> None:
+    run(harvest_cmd(workdir, smoke_repo, out), workdir, env=harvest_env())
+
+
+def committed(path: Path) -> int:
+    try:
+        return int(zarr.open_array(path, mode="r").attrs["committed_rows"])
+    except Exception:
+        return 0
+
+
+def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"harvest": HARVEST}))
+    store = tmp_path / "killed" / "blocks.29.hook_resid_post.zarr"
+
+    proc = subprocess.Popen(harvest_cmd(tmp_path, smoke_repo, "killed"), cwd=tmp_path, env=harvest_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while committed(store) < 3 * HARVEST["chunk_rows"] and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows_at_kill = committed(store)
+    total = zarr.open_array(store, mode="r").shape[0]
+    assert 0 < rows_at_kill < total, f"the kill missed the run ({rows_at_kill} of {total} rows committed)"
+
+    run_harvest(tmp_path, smoke_repo, "killed")
+    resumed = json.loads((tmp_path / "killed.json").read_text())
+    assert resumed["resumed_from_row"] >= rows_at_kill - HARVEST["chunk_rows"] > 0
+    assert resumed["rows_computed"] == total - resumed["resumed_from_row"]
+
+    run_harvest(tmp_path, smoke_repo, "clean")
+    for name in ("blocks.29.hook_resid_post.zarr", "blocks.10.hook_mlp_out.zarr"):
+        killed = zarr.open_array(tmp_path / "killed" / name, mode="r")
+        clean = zarr.open_array(tmp_path / "clean" / name, mode="r")
+        assert killed.attrs["committed_rows"] == clean.attrs["committed_rows"] == total
+        np.testing.assert_array_equal(killed[:], clean[:])
+
+
+def test_store_written_under_other_params_restarts(smoke_repo, tmp_path):
+    """A partial store from a different config is not resumed: it is rebuilt from row 0."""
+    params = {"harvest": {**HARVEST, "hooks": ["blocks.2.hook_resid_post"], "chunk_rows": 64}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_harvest(tmp_path, smoke_repo, "acts")
+    store = zarr.open_array(tmp_path / "acts" / "blocks.2.hook_resid_post.zarr", mode="r+")
+    store.attrs["committed_rows"] = 128  # as if killed part-way
+
+    params["harvest"]["store_dtype"] = "float16"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_harvest(tmp_path, smoke_repo, "acts")
+    assert json.loads((tmp_path / "acts.json").read_text())["resumed_from_row"] == 0
+    assert zarr.open_array(tmp_path / "acts" / "blocks.2.hook_resid_post.zarr", mode="r").dtype == np.float16
