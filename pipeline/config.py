@@ -226,7 +226,8 @@ def section(params: Any, key: str, cls: type[T]) -> T:
         merged = OmegaConf.merge(OmegaConf.structured(cls), params[key])
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+        where = f"{key}.{exc.full_key}" if getattr(exc, "full_key", None) else key
+        raise ConfigError(f"{where}: {getattr(exc, 'msg', None) or exc}") from None
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Any:
