@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import ActivationWriter
-from pipeline.config import ConfigError, HarvestConfig, Hook
+from pipeline.config import HarvestConfig, Hook
 from pipeline.models import (
     checkpoint_fingerprint,
     checkpoint_info,
@@ -77,6 +78,17 @@ def _widths(model, hooks: list[Hook], bos_id: int, device: torch.device) -> dict
         return {name: int(t.shape[-1]) for name, t in captured.items()}
 
 
+def _rows(acts: torch.Tensor, first_position: int, dtype: torch.dtype) -> np.ndarray:
+    """(B, T, d) activations -> (B * scored positions, d) rows in token-index order, on the CPU."""
+    scored = acts[:, first_position:, :]
+    return scored.reshape(-1, scored.shape[-1]).to(dtype).cpu().numpy()
+
+
+def _append_all(writers: dict[str, ActivationWriter], blocks: dict[str, np.ndarray]) -> None:
+    for name, block in blocks.items():
+        writers[name].append(block)
+
+
 def harvest(model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfig, progress: bool = True) -> HarvestResult:
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     hooks = validate(cfg, model_dir)
@@ -126,17 +138,22 @@ def harvest(model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfi
 
     started = time.perf_counter()
     bar = tqdm(total=tokens.n_rows, initial=resume_row, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
-    with capturing(model, hooks) as captured, torch.inference_mode():
+    # Writes run on one background thread, overlapping the next forward pass; waiting on the
+    # previous batch's writes first keeps at most one batch in flight (bounded memory, in order).
+    with ThreadPoolExecutor(max_workers=1) as io, capturing(model, hooks) as captured, torch.inference_mode():
+        pending = None
         for start in range(first_batch * cfg.batch_size, tokens.n_contexts, cfg.batch_size):
             ids = torch.from_numpy(tokens.contexts[start : start + cfg.batch_size]).to(device=device, dtype=torch.long)
             captured.clear()
             forward_until_captured(model, ids)
-            for hook in hooks:
-                acts = captured[hook.name][:, first_pos:, :]
-                block = acts.reshape(-1, acts.shape[-1]).to(store_dtype).cpu().numpy()
-                writers[hook.name].append(block[skip:])
+            blocks = {name: _rows(captured[name], first_pos, store_dtype)[skip:] for name in writers}
+            if pending is not None:
+                pending.result()
+            pending = io.submit(_append_all, writers, blocks)
             bar.update(len(ids) * per_context - skip)
             skip = 0
+        if pending is not None:
+            pending.result()
     for writer in writers.values():
         writer.close()
     bar.close()
