@@ -13,14 +13,12 @@ and harvest's peak RSS at two token counts, each in a fresh process.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +32,9 @@ from pipeline.tokens import TokenStore, write_token_store  # noqa: E402
 
 def subset_token_store(source: TokenStore, n_contexts: int, out: Path) -> TokenStore:
     contexts = source.contexts[:n_contexts]
-    cfg = TokensConfig(context_length=contexts.shape[1], n_contexts=n_contexts, skip_positions=source.first_scored_position)
+    cfg = TokensConfig(
+        context_length=contexts.shape[1], n_contexts=n_contexts, skip_positions=source.first_scored_position
+    )
     return write_token_store(out, contexts, n_contexts - 1, cfg, DataConfig(), source.bos_token_id, "benchmark")
 
 
@@ -67,7 +67,11 @@ def time_naive(model_dir: Path, tokens: TokenStore, batch: int) -> float:
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, tokens.n_contexts, batch):
-            out = model(input_ids=torch.from_numpy(tokens.contexts[start : start + batch]).long(), output_hidden_states=True, use_cache=False)
+            out = model(
+                input_ids=torch.from_numpy(tokens.contexts[start : start + batch]).long(),
+                output_hidden_states=True,
+                use_cache=False,
+            )
             kept.append([h.numpy().copy() for h in out.hidden_states])
     return tokens.n_rows / (time.perf_counter() - started)
 
@@ -79,7 +83,13 @@ def peak_rss_mb(model_dir: Path, tokens_path: Path, layer: int, work: Path) -> f
         "from pipeline.config import HarvestConfig\nfrom pipeline.harvest import harvest\n"
         "harvest(%r, %r, %r, HarvestConfig(hooks=%r, device='cpu'), progress=False)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-    ) % (str(Path(__file__).resolve().parents[1]), str(model_dir), str(tokens_path), str(work / f"mem-{time.monotonic_ns()}"), hooks_at(layer))
+    ) % (
+        str(Path(__file__).resolve().parents[1]),
+        str(model_dir),
+        str(tokens_path),
+        str(work / f"mem-{time.monotonic_ns()}"),
+        hooks_at(layer),
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1]) / 1024
 
@@ -99,9 +109,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tokens = subset_token_store(source, args.contexts, work / "tokens.zarr")
-        print(f"{tokens.n_rows} scored tokens ({args.contexts} contexts x {tokens.contexts.shape[1]}), layer {args.layer}, "
-              f"{args.dtype}, batch {args.batch}, torch threads {torch.get_num_threads()}")
-        time_bare(args.model, subset_token_store(source, args.batch, work / "warm.zarr"), args.layer, args.dtype, args.batch)  # warm-up
+        print(
+            f"{tokens.n_rows} scored tokens ({args.contexts} contexts x {tokens.contexts.shape[1]}), layer {args.layer}, "
+            f"{args.dtype}, batch {args.batch}, torch threads {torch.get_num_threads()}"
+        )
+        time_bare(
+            args.model, subset_token_store(source, args.batch, work / "warm.zarr"), args.layer, args.dtype, args.batch
+        )  # warm-up
         measures = {
             "harvest": lambda: time_harvest(args.model, tokens, args.layer, args.dtype, args.batch, work),
             "(a) bare truncated forward": lambda: time_bare(args.model, tokens, args.layer, args.dtype, args.batch),
@@ -116,7 +130,9 @@ def main() -> None:
         for name, rate in results.items():
             print(f"  {name:45s} {rate:8.1f} tokens/s  (runs: {', '.join(f'{r:.0f}' for r in runs[name])})")
         print(f"  harvest / (a) = {results['harvest'] / results['(a) bare truncated forward']:.2f}   (target >= 0.85)")
-        print(f"  harvest / (b) = {results['harvest'] / results['(b) naive full fp32 + hidden states in RAM']:.2f}   (target >= 2)")
+        print(
+            f"  harvest / (b) = {results['harvest'] / results['(b) naive full fp32 + hidden states in RAM']:.2f}   (target >= 2)"
+        )
 
         small = subset_token_store(source, args.contexts, work / "mem-small.zarr")
         large = subset_token_store(source, min(4 * args.contexts, source.n_contexts), work / "mem-large.zarr")

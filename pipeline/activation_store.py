@@ -94,11 +94,15 @@ def open_store(path: Path | str) -> zarr.Array:
     array = zarr.open_array(path, mode="r")
     committed = int(array.attrs.get("committed_rows", -1))
     if committed != array.shape[0]:
-        raise IncompleteStoreError(f"{path}: only {committed} of {array.shape[0]} rows committed; rerun `dvc repro harvest` to resume")
+        raise IncompleteStoreError(
+            f"{path}: only {committed} of {array.shape[0]} rows committed; rerun `dvc repro harvest` to resume"
+        )
     return array
 
 
-def iter_row_blocks(array: zarr.Array, start: int = 0, stop: int | None = None, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_row_blocks(
+    array: zarr.Array, start: int = 0, stop: int | None = None, rows: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first row, block) over rows [start, stop) in chunk-aligned blocks: memory O(rows x d)."""
     stop = array.shape[0] if stop is None else stop
     step = rows or array.chunks[0]

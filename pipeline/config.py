@@ -198,7 +198,9 @@ class HarvestConfig:
 
     def __post_init__(self) -> None:
         if not self.hooks:
-            raise ConfigError("harvest.hooks: the list is empty; name at least one hook such as 'blocks.3.hook_resid_post'")
+            raise ConfigError(
+                "harvest.hooks: the list is empty; name at least one hook such as 'blocks.3.hook_resid_post'"
+            )
         parsed = self.parsed_hooks()
         if len({h.name for h in parsed}) != len(parsed):
             raise ConfigError(f"harvest.hooks: duplicates in {list(self.hooks)}")

@@ -89,7 +89,9 @@ def _append_all(writers: dict[str, ActivationWriter], blocks: dict[str, np.ndarr
         writers[name].append(block)
 
 
-def harvest(model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfig, progress: bool = True) -> HarvestResult:
+def harvest(
+    model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfig, progress: bool = True
+) -> HarvestResult:
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     hooks = validate(cfg, model_dir)
     tokens = TokenStore.open(token_store)
@@ -137,7 +139,9 @@ def harvest(model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfi
     store_dtype = getattr(torch, cfg.store_dtype)
 
     started = time.perf_counter()
-    bar = tqdm(total=tokens.n_rows, initial=resume_row, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    bar = tqdm(
+        total=tokens.n_rows, initial=resume_row, unit="tok", unit_scale=True, desc="harvest", disable=not progress
+    )
     # Writes run on one background thread, overlapping the next forward pass; waiting on the
     # previous batch's writes first keeps at most one batch in flight (bounded memory, in order).
     with ThreadPoolExecutor(max_workers=1) as io, capturing(model, hooks) as captured, torch.inference_mode():
@@ -158,4 +162,6 @@ def harvest(model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfi
         writer.close()
     bar.close()
     seconds = time.perf_counter() - started
-    return HarvestResult(n_rows=tokens.n_rows, rows_computed=tokens.n_rows - resume_row, resumed_from_row=resume_row, seconds=seconds)
+    return HarvestResult(
+        n_rows=tokens.n_rows, rows_computed=tokens.n_rows - resume_row, resumed_from_row=resume_row, seconds=seconds
+    )

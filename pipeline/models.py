@@ -47,7 +47,9 @@ def _resolve_pretrained(cfg: ModelConfig):
     local = Path(cfg.path).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
-            raise ConfigError(f"model.path: directory {str(local)!r} has no config.json; it is not a HuggingFace model directory")
+            raise ConfigError(
+                f"model.path: directory {str(local)!r} has no config.json; it is not a HuggingFace model directory"
+            )
         return AutoConfig.from_pretrained(local), str(local)
     try:
         return AutoConfig.from_pretrained(cfg.path, revision=cfg.revision), cfg.path
@@ -70,9 +72,8 @@ def load_source_model(cfg: ModelConfig):
         gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         # A GGUF-loaded model refuses save_pretrained: rebuild a plain model of the same config.
         config = gguf_model.config
-        config.quantization_config = None
         if hasattr(config, "quantization_config"):
-            del config.quantization_config
+            del config.quantization_config  # the weights are de-quantised now
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
         plain.load_state_dict(gguf_model.state_dict())
         return plain, tokenizer

@@ -31,7 +31,9 @@ class Architecture:
 
 
 _LLAMA_LIKE = Architecture(blocks="model.layers", attn_out_proj="self_attn.o_proj", mlp_out="mlp")
-_GEMMA2_LIKE = Architecture(blocks="model.layers", attn_out_proj="self_attn.o_proj", mlp_out="post_feedforward_layernorm")
+_GEMMA2_LIKE = Architecture(
+    blocks="model.layers", attn_out_proj="self_attn.o_proj", mlp_out="post_feedforward_layernorm"
+)
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA_LIKE,

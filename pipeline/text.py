@@ -23,7 +23,17 @@ _CODE_SYMBOLS = set("{}[]()=<>;_*#@`|\\/$%^~")
 _UNDERLINE = re.compile(r"^\s*([*=\-~^#+])\1{2,}\s*$")
 _PROMPT = re.compile(r"^\s*(>>>|\.\.\.|\$ |%)")
 # Standard-library folders that are tests, demos or vendored code rather than documented API.
-_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "__pycache__", "ensurepip"}
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "site-packages",
+    "dist-packages",
+    "lib2to3",
+    "turtledemo",
+    "__pycache__",
+    "ensurepip",
+}
 
 
 def pydoc_topics() -> Iterator[str]:
@@ -80,7 +90,9 @@ def clean_document(text: str, cfg: DataConfig, seen: set[str]) -> str:
 def pydoc_documents(cfg: DataConfig, seed: int) -> list[str]:
     """All cleaned pydoc documents, in an order shuffled by `seed` (the corpus is small)."""
     seen: set[str] = set()
-    docs = [doc for doc in (clean_document(raw, cfg, seen) for raw in _chain(pydoc_topics(), stdlib_docstrings())) if doc]
+    docs = [
+        doc for doc in (clean_document(raw, cfg, seen) for raw in _chain(pydoc_topics(), stdlib_docstrings())) if doc
+    ]
     random.Random(seed).shuffle(docs)
     return docs
 
@@ -103,7 +115,9 @@ def datasets_documents(cfg: DataConfig, seed: int) -> Iterator[str]:
         stream = stream.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
     for i, row in enumerate(stream):
         if cfg.text_field not in row:
-            raise ConfigError(f"data.text_field: {cfg.text_field!r} is not a column of {cfg.path!r}; columns: {sorted(row)}")
+            raise ConfigError(
+                f"data.text_field: {cfg.text_field!r} is not a column of {cfg.path!r}; columns: {sorted(row)}"
+            )
         text = row[cfg.text_field]
         if text and text.strip():
             yield text

@@ -40,7 +40,9 @@ def bos_token_id(tokenizer, bos_token: str | None) -> int:
     raise ConfigError("model.bos_token: the tokenizer has neither a BOS nor an EOS token; name one in model.bos_token")
 
 
-def token_stream_contexts(documents: Iterable[str], tokenizer, cfg: TokensConfig, bos_id: int, source: str) -> np.ndarray:
+def token_stream_contexts(
+    documents: Iterable[str], tokenizer, cfg: TokensConfig, bos_id: int, source: str
+) -> np.ndarray:
     """Concatenate tokenised documents (separated by BOS) and cut (n_contexts, context_length) rows."""
     body = cfg.context_length - 1
     needed = cfg.n_contexts * body
@@ -135,7 +137,13 @@ class TokenStore:
 
 
 def write_token_store(
-    out: Path, contexts: np.ndarray, n_train: int, tokens_cfg: TokensConfig, data_cfg: DataConfig, bos_id: int, model_name: str
+    out: Path,
+    contexts: np.ndarray,
+    n_train: int,
+    tokens_cfg: TokensConfig,
+    data_cfg: DataConfig,
+    bos_id: int,
+    model_name: str,
 ) -> TokenStore:
     """Write the store to a temporary sibling and rename it into place (never half-written)."""
     out = Path(out)

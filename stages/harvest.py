@@ -15,18 +15,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    with stage("harvest", reads=["params.yaml:harvest", str(args.model), str(args.tokens)], writes=[str(args.out), str(args.metrics)]):
+    with stage(
+        "harvest",
+        reads=["params.yaml:harvest", str(args.model), str(args.tokens)],
+        writes=[str(args.out), str(args.metrics)],
+    ):
         cfg = section(load_params(), "harvest", HarvestConfig)
         result = harvest(args.model, args.tokens, args.out, cfg)
-        write_json(args.metrics, {
-            "rows": result.n_rows,
-            "rows_computed": result.rows_computed,
-            "resumed_from_row": result.resumed_from_row,
-            "seconds": round(result.seconds, 2),
-            "tokens_per_second": round(result.tokens_per_second, 1),
-        })
-        print(f"harvest: {len(cfg.hooks)} hooks x {result.n_rows} rows; {result.tokens_per_second:.0f} tokens/s "
-              f"(resumed from row {result.resumed_from_row}) -> {args.out}")
+        write_json(
+            args.metrics,
+            {
+                "rows": result.n_rows,
+                "rows_computed": result.rows_computed,
+                "resumed_from_row": result.resumed_from_row,
+                "seconds": round(result.seconds, 2),
+                "tokens_per_second": round(result.tokens_per_second, 1),
+            },
+        )
+        print(
+            f"harvest: {len(cfg.hooks)} hooks x {result.n_rows} rows; {result.tokens_per_second:.0f} tokens/s "
+            f"(resumed from row {result.resumed_from_row}) -> {args.out}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ def main() -> None:
     with stage("model", reads=["params.yaml:model"], writes=[str(args.out)]):
         cfg = section(load_params(), "model", ModelConfig)
         info = materialise(cfg, args.out)
-        print(f"model {cfg.name}: {info['model_type']}, {info['n_layers']} layers, d_model {info['d_model']}, "
-              f"{info['n_parameters'] / 1e6:.1f}M parameters -> {args.out}")
+        print(
+            f"model {cfg.name}: {info['model_type']}, {info['n_layers']} layers, d_model {info['d_model']}, "
+            f"{info['n_parameters'] / 1e6:.1f}M parameters -> {args.out}"
+        )
 
 
 if __name__ == "__main__":

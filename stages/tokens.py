@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.config import ConfigError, DataConfig, ModelConfig, TokensConfig, load_params, section
+from pipeline.config import ConfigError, DataConfig, TokensConfig, load_params, section
 from pipeline.models import checkpoint_info, load_model_config, load_tokenizer, max_positions
 from pipeline.text import documents
 from pipeline.tokens import bos_token_id, split_train_first, token_stream_contexts, write_token_store
@@ -22,14 +22,22 @@ def main() -> None:
         bos_token = params.model.get("bos_token")
         limit = max_positions(load_model_config(args.model))
         if limit is not None and tokens_cfg.context_length > limit:
-            raise ConfigError(f"tokens.context_length: {tokens_cfg.context_length} is longer than the model's maximum of {limit} positions")
+            raise ConfigError(
+                f"tokens.context_length: {tokens_cfg.context_length} is longer than the model's maximum of {limit} positions"
+            )
         tokenizer = load_tokenizer(args.model)
         bos = bos_token_id(tokenizer, bos_token)
-        contexts = token_stream_contexts(documents(data_cfg, tokens_cfg.seed), tokenizer, tokens_cfg, bos, data_cfg.name)
+        contexts = token_stream_contexts(
+            documents(data_cfg, tokens_cfg.seed), tokenizer, tokens_cfg, bos, data_cfg.name
+        )
         ordered, n_train = split_train_first(contexts, tokens_cfg)
-        store = write_token_store(args.out, ordered, n_train, tokens_cfg, data_cfg, bos, checkpoint_info(args.model)["model"]["name"])
-        print(f"tokens: {store.n_contexts} contexts ({store.n_train_contexts} train) x {ordered.shape[1]} tokens; "
-              f"{store.n_rows} scored rows ({store.n_train_rows} train) -> {args.out}")
+        store = write_token_store(
+            args.out, ordered, n_train, tokens_cfg, data_cfg, bos, checkpoint_info(args.model)["model"]["name"]
+        )
+        print(
+            f"tokens: {store.n_contexts} contexts ({store.n_train_contexts} train) x {ordered.shape[1]} tokens; "
+            f"{store.n_rows} scored rows ({store.n_train_rows} train) -> {args.out}"
+        )
 
 
 if __name__ == "__main__":

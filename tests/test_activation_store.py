@@ -10,7 +10,15 @@ from pipeline.activation_store import ActivationWriter, IncompleteStoreError, it
 
 
 def writer(path, fingerprint="a", n_rows=100, chunk_rows=16):
-    return ActivationWriter(path, n_rows=n_rows, width=3, dtype="float32", chunk_rows=chunk_rows, fingerprint=fingerprint, attrs={"hook": "h"})
+    return ActivationWriter(
+        path,
+        n_rows=n_rows,
+        width=3,
+        dtype="float32",
+        chunk_rows=chunk_rows,
+        fingerprint=fingerprint,
+        attrs={"hook": "h"},
+    )
 
 
 def data(n_rows=100):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -31,7 +30,10 @@ def test_unknown_model_lists_the_known_ones():
 
 
 def test_unknown_site_names_key_and_sites():
-    with pytest.raises(ConfigError, match=r"harvest\.hooks\[1\]: unknown hook 'blocks\.3\.hook_resid_mid'.*hook_resid_post.*attn\.hook_z"):
+    with pytest.raises(
+        ConfigError,
+        match=r"harvest\.hooks\[1\]: unknown hook 'blocks\.3\.hook_resid_mid'.*hook_resid_post.*attn\.hook_z",
+    ):
         HarvestConfig(hooks=["blocks.3.hook_resid_post", "blocks.3.hook_resid_mid"])
 
 
@@ -49,7 +51,9 @@ def test_layer_out_of_range_names_key_and_range(smoke_repo):
 
 def test_wrong_type_and_unknown_key_name_the_key():
     params = OmegaConf.create({"tokens": {"n_contexts": "many"}})
-    with pytest.raises(ConfigError, match=r"^tokens\.n_contexts: Value 'many' of type 'str' could not be converted to Integer"):
+    with pytest.raises(
+        ConfigError, match=r"^tokens\.n_contexts: Value 'many' of type 'str' could not be converted to Integer"
+    ):
         section(params, "tokens", TokensConfig)
     params = OmegaConf.create({"tokens": {"n_context": 3}})
     with pytest.raises(ConfigError, match=r"^tokens\.n_context: Key 'n_context' not in 'TokensConfig'"):
@@ -86,7 +90,15 @@ def test_context_longer_than_model_fails_in_tokens_stage(smoke_repo, tmp_path):
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     params["tokens"]["context_length"] = 9000
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "stages.tokens", "--model", str(smoke_repo / "artifacts/model"), "--out", str(tmp_path / "t.zarr")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.tokens",
+        "--model",
+        str(smoke_repo / "artifacts/model"),
+        "--out",
+        str(tmp_path / "t.zarr"),
+    ]
     result = run(cmd, tmp_path, check=False, env={**subprocess_env(), "PYTHONPATH": str(REPO)})
     assert result.returncode == 2, result.stderr
     assert "tokens.context_length: 9000 is longer than the model's maximum of 8192 positions" in result.stderr
@@ -99,4 +111,10 @@ def test_too_few_tokens_names_n_contexts(smoke_repo):
 
     tokenizer = load_tokenizer(smoke_repo / "artifacts/model")
     with pytest.raises(ConfigError, match=r"tokens\.n_contexts: 50 contexts of 64 tokens need 3150 tokens"):
-        token_stream_contexts(iter(["A short document."]), tokenizer, TokensConfig(context_length=64, n_contexts=50, skip_positions=4), 0, "tiny")
+        token_stream_contexts(
+            iter(["A short document."]),
+            tokenizer,
+            TokensConfig(context_length=64, n_contexts=50, skip_positions=4),
+            0,
+            "tiny",
+        )

@@ -31,11 +31,17 @@ HARVEST = {
 
 def harvest_cmd(workdir: Path, smoke_repo: Path, out: str) -> list[str]:
     return [
-        sys.executable, "-m", "stages.harvest",
-        "--model", str(smoke_repo / "artifacts/model"),
-        "--tokens", str(smoke_repo / "artifacts/tokens.zarr"),
-        "--out", str(workdir / out),
-        "--metrics", str(workdir / f"{out}.json"),
+        sys.executable,
+        "-m",
+        "stages.harvest",
+        "--model",
+        str(smoke_repo / "artifacts/model"),
+        "--tokens",
+        str(smoke_repo / "artifacts/tokens.zarr"),
+        "--out",
+        str(workdir / out),
+        "--metrics",
+        str(workdir / f"{out}.json"),
     ]
 
 
@@ -58,8 +64,13 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"harvest": HARVEST}))
     store = tmp_path / "killed" / "blocks.29.hook_resid_post.zarr"
 
-    proc = subprocess.Popen(harvest_cmd(tmp_path, smoke_repo, "killed"), cwd=tmp_path, env=harvest_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        harvest_cmd(tmp_path, smoke_repo, "killed"),
+        cwd=tmp_path,
+        env=harvest_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while committed(store) < 3 * HARVEST["chunk_rows"] and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -23,7 +23,12 @@ from pipeline.tokens import TokenStore, bos_token_id, split_train_first, token_s
 pytestmark = pytest.mark.slow
 
 LAYER = 1
-HOOKS = [f"blocks.{LAYER}.hook_resid_pre", f"blocks.{LAYER}.hook_resid_post", f"blocks.{LAYER}.hook_mlp_out", f"blocks.{LAYER}.attn.hook_z"]
+HOOKS = [
+    f"blocks.{LAYER}.hook_resid_pre",
+    f"blocks.{LAYER}.hook_resid_post",
+    f"blocks.{LAYER}.hook_mlp_out",
+    f"blocks.{LAYER}.attn.hook_z",
+]
 
 
 def tiny_config(arch: str, vocab_size: int):
@@ -32,8 +37,14 @@ def tiny_config(arch: str, vocab_size: int):
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=3, n_head=4, n_positions=128)
     return Gemma2Config(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
     )
 
 
@@ -58,7 +69,9 @@ def harvested(request, smoke_repo, jsonl_corpus, tmp_path_factory):
     stand_in.save_pretrained(work / "hub_dir")
     tokenizer.save_pretrained(work / "hub_dir")
 
-    model_cfg = ModelConfig(name=f"tiny_{arch}", source="pretrained", package=None, gguf_file=None, path=str(work / "hub_dir"))
+    model_cfg = ModelConfig(
+        name=f"tiny_{arch}", source="pretrained", package=None, gguf_file=None, path=str(work / "hub_dir")
+    )
     info = materialise(model_cfg, work / "model")
     assert info["model_type"] == arch and info["n_layers"] == 3
 

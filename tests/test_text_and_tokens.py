@@ -33,9 +33,19 @@ attribute access for class instances.
 def test_clean_document_keeps_prose_once_and_reflows_it():
     seen: set[str] = set()
     cleaned = clean_document(DOC, DataConfig(), seen)
-    assert cleaned == "The following methods can be defined to customize the meaning of attribute access for class instances."
+    assert (
+        cleaned
+        == "The following methods can be defined to customize the meaning of attribute access for class instances."
+    )
     # Across documents too: the same paragraph elsewhere is a duplicate.
-    assert clean_document("The following methods can be defined to customize the meaning of\nattribute access for class instances.", DataConfig(), seen) == ""
+    assert (
+        clean_document(
+            "The following methods can be defined to customize the meaning of\nattribute access for class instances.",
+            DataConfig(),
+            seen,
+        )
+        == ""
+    )
 
 
 def test_pydoc_corpus_is_large_clean_and_seeded():
@@ -53,7 +63,11 @@ def test_contexts_start_with_bos_and_separate_documents(smoke_repo):
     from pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(smoke_repo / "artifacts/model")
-    docs = ["Return the number of items.", "Close the file.", "Raise an error when the queue is full and no slot frees up in time."]
+    docs = [
+        "Return the number of items.",
+        "Close the file.",
+        "Raise an error when the queue is full and no slot frees up in time.",
+    ]
     cfg = TokensConfig(context_length=8, n_contexts=3, skip_positions=0)
     contexts = token_stream_contexts(iter(docs), tokenizer, cfg, bos_id=0, source="three docs")
     assert contexts.shape == (3, 8)
@@ -70,7 +84,9 @@ def test_split_is_by_context_seeded_and_train_first():
     assert sorted(map(tuple, ordered.tolist())) == sorted(map(tuple, contexts.tolist()))
     again, _ = split_train_first(contexts, cfg)
     assert np.array_equal(again, ordered)
-    other, _ = split_train_first(contexts, TokensConfig(context_length=4, n_contexts=40, skip_positions=1, test_fraction=0.25, seed=4))
+    other, _ = split_train_first(
+        contexts, TokensConfig(context_length=4, n_contexts=40, skip_positions=1, test_fraction=0.25, seed=4)
+    )
     assert not np.array_equal(other[n_train:], ordered[n_train:])
     assert content_hash(ordered, n_train, 1) != content_hash(other, n_train, 1)
 
