@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,8 +59,19 @@ def validate(cfg: HarvestConfig, model_dir: Path) -> list[Hook]:
     return hooks
 
 
+def _code_hash() -> str:
+    """Hash of the source that computes activations: a partial store from other code is not resumed."""
+    from pipeline import activation_store, models, sites
+
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], activation_store, models, sites):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _fingerprint(model_dir: Path, tokens: TokenStore, hook: Hook, cfg: HarvestConfig) -> str:
     identity = {
+        "code": _code_hash(),
         "model": checkpoint_fingerprint(model_dir),
         "tokens": tokens.content_hash,
         "hook": hook.name,
