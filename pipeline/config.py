@@ -144,8 +144,8 @@ class TokensConfig:
     """Tokens per context, BOS included."""
     n_contexts: int = 512
     skip_positions: int = 16
-    """Positions 0..skip_positions-1 of every context are not scored (position 0, the BOS,
-    never is). The dark-matter paper skips 200 of 1024."""
+    """Positions 0..skip_positions-1 of every context are not scored; neither is any BOS /
+    document-separator token. The dark-matter paper skips 200 of 1024."""
     test_fraction: float = 0.2
     """Share of contexts held out; every reported metric is on these."""
     seed: int = 0
@@ -167,10 +167,6 @@ class TokensConfig:
     @property
     def first_scored_position(self) -> int:
         return max(1, self.skip_positions)
-
-    @property
-    def scored_per_context(self) -> int:
-        return self.context_length - self.first_scored_position
 
     @property
     def n_test_contexts(self) -> int:

@@ -90,10 +90,9 @@ def _widths(model, hooks: list[Hook], bos_id: int, device: torch.device) -> dict
         return {name: int(t.shape[-1]) for name, t in captured.items()}
 
 
-def _rows(acts: torch.Tensor, first_position: int, dtype: torch.dtype) -> np.ndarray:
-    """(B, T, d) activations -> (B * scored positions, d) rows in token-index order, on the CPU."""
-    scored = acts[:, first_position:, :]
-    return scored.reshape(-1, scored.shape[-1]).to(dtype).cpu().numpy()
+def _rows(acts: torch.Tensor, scored: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """(B, T, d) activations -> (scored tokens, d) rows in token-index order, on the CPU."""
+    return acts[scored].to(dtype).cpu().numpy()
 
 
 def _append_all(writers: dict[str, ActivationWriter], blocks: dict[str, np.ndarray]) -> None:
@@ -143,11 +142,12 @@ def harvest(
     for writer in writers.values():
         writer.rewind(resume_row)
 
-    per_context = tokens.scored_per_context
-    rows_per_batch = cfg.batch_size * per_context
-    first_batch = resume_row // rows_per_batch
-    skip = resume_row - first_batch * rows_per_batch
-    first_pos = tokens.first_scored_position
+    # Resume at the batch holding the first uncommitted row; drop the rows before it.
+    batch_starts = tokens.context_row_starts[: tokens.n_contexts : cfg.batch_size]
+    first_batch = int(np.searchsorted(batch_starts, resume_row, side="right")) - 1
+    skip = resume_row - int(batch_starts[first_batch])
+    first_context = first_batch * cfg.batch_size if resume_row < tokens.n_rows else tokens.n_contexts
+    mask = torch.from_numpy(tokens.mask)
     store_dtype = getattr(torch, cfg.store_dtype)
 
     started = time.perf_counter()
@@ -158,15 +158,16 @@ def harvest(
     # previous batch's writes first keeps at most one batch in flight (bounded memory, in order).
     with ThreadPoolExecutor(max_workers=1) as io, capturing(model, hooks) as captured, torch.inference_mode():
         pending = None
-        for start in range(first_batch * cfg.batch_size, tokens.n_contexts, cfg.batch_size):
+        for start in range(first_context, tokens.n_contexts, cfg.batch_size):
             ids = torch.from_numpy(tokens.contexts[start : start + cfg.batch_size]).to(device=device, dtype=torch.long)
             captured.clear()
             forward_until_captured(model, ids)
-            blocks = {name: _rows(captured[name], first_pos, store_dtype)[skip:] for name in writers}
+            scored = mask[start : start + cfg.batch_size].to(device)
+            blocks = {name: _rows(captured[name], scored, store_dtype)[skip:] for name in writers}
             if pending is not None:
                 pending.result()
             pending = io.submit(_append_all, writers, blocks)
-            bar.update(len(ids) * per_context - skip)
+            bar.update(int(scored.sum()) - skip)
             skip = 0
         if pending is not None:
             pending.result()

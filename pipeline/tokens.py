@@ -3,8 +3,11 @@
 Layout of the store (a Zarr group):
 - `contexts` (n_contexts, context_length) int32: train contexts first, then test contexts;
 - `rows/context`, `rows/position`, `rows/token` (n_rows,) int32: the token index. Row i of
-  every activation store is the token at (context, position); only scored positions have rows.
-  Rows [0, n_train_rows) are train tokens, the rest test tokens.
+  every activation store is the token at (context, position); only scored tokens have rows:
+  positions >= first_scored_position whose token is not the BOS/document separator (in many
+  LMs, e.g. SmolLM2, that token carries activations hundreds of times larger than any other,
+  which would swamp every variance-weighted metric). Rows [0, n_train_rows) are train tokens,
+  the rest test tokens.
 - attrs: sizes, the split, the BOS id, the source, and `content_hash`, which activation stores
   record so that a store can be matched to the tokens it was computed from.
 """
@@ -16,6 +19,7 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
@@ -85,11 +89,18 @@ def split_train_first(contexts: np.ndarray, cfg: TokensConfig) -> tuple[np.ndarr
     return np.concatenate([contexts[train], contexts[test]]), len(train)
 
 
-def content_hash(contexts: np.ndarray, n_train: int, first_scored: int) -> str:
+def content_hash(contexts: np.ndarray, n_train: int, first_scored: int, bos_id: int) -> str:
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(contexts, dtype=np.int32).tobytes())
-    digest.update(f"{contexts.shape}|{n_train}|{first_scored}".encode())
+    digest.update(f"{contexts.shape}|{n_train}|{first_scored}|{bos_id}".encode())
     return digest.hexdigest()[:16]
+
+
+def scored_mask(contexts: np.ndarray, first_scored: int, bos_id: int) -> np.ndarray:
+    """(n_contexts, T) bool: which tokens have rows (see the module docstring)."""
+    mask = contexts != bos_id
+    mask[:, :first_scored] = False
+    return mask
 
 
 @dataclass(frozen=True)
@@ -107,17 +118,22 @@ class TokenStore:
     def n_contexts(self) -> int:
         return len(self.contexts)
 
-    @property
-    def scored_per_context(self) -> int:
-        return self.contexts.shape[1] - self.first_scored_position
+    @cached_property
+    def mask(self) -> np.ndarray:
+        return scored_mask(self.contexts, self.first_scored_position, self.bos_token_id)
+
+    @cached_property
+    def context_row_starts(self) -> np.ndarray:
+        """(n_contexts + 1,): the rows of context c are [starts[c], starts[c + 1])."""
+        return np.concatenate([[0], np.cumsum(self.mask.sum(axis=1))]).astype(np.int64)
 
     @property
     def n_rows(self) -> int:
-        return self.n_contexts * self.scored_per_context
+        return int(self.context_row_starts[-1])
 
     @property
     def n_train_rows(self) -> int:
-        return self.n_train_contexts * self.scored_per_context
+        return int(self.context_row_starts[self.n_train_contexts])
 
     @staticmethod
     def open(path: Path | str) -> "TokenStore":
@@ -149,11 +165,10 @@ def write_token_store(
     out = Path(out)
     first = tokens_cfg.first_scored_position
     n_ctx, length = contexts.shape
-    positions = np.arange(first, length, dtype=np.int32)
-    rows_context = np.repeat(np.arange(n_ctx, dtype=np.int32), len(positions))
-    rows_position = np.tile(positions, n_ctx)
-    rows_token = contexts[:, first:].reshape(-1)
-    digest = content_hash(contexts, n_train, first)
+    mask = scored_mask(contexts, first, bos_id)
+    rows_context, rows_position = np.nonzero(mask)  # row-major: context, then position
+    rows_token = contexts[mask]
+    digest = content_hash(contexts, n_train, first, bos_id)
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -170,7 +185,7 @@ def write_token_store(
             "context_length": length,
             "first_scored_position": first,
             "n_rows": int(len(rows_token)),
-            "n_train_rows": int(n_train * len(positions)),
+            "n_train_rows": int(mask[:n_train].sum()),
             "bos_token_id": bos_id,
             "model": model_name,
             "tokens": asdict(tokens_cfg),

@@ -99,10 +99,8 @@ def test_hub_architecture_matches_hidden_states(harvested):
     arch, model, tokens, stores = harvested
     with torch.inference_mode():
         hidden = model(torch.from_numpy(tokens.contexts).long(), output_hidden_states=True).hidden_states
-    first = tokens.first_scored_position
-
     def rows(t: torch.Tensor) -> np.ndarray:
-        return t[:, first:, :].reshape(-1, t.shape[-1]).numpy()
+        return t[torch.from_numpy(tokens.mask)].numpy()
 
     np.testing.assert_allclose(stores[f"blocks.{LAYER}.hook_resid_pre"], rows(hidden[LAYER]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stores[f"blocks.{LAYER}.hook_resid_post"], rows(hidden[LAYER + 1]), rtol=1e-5, atol=1e-5)

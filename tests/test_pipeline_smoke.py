@@ -39,12 +39,16 @@ def hidden_states(smoke_repo, tokens):
 
 def rows_of(tokens: TokenStore, per_position: np.ndarray) -> np.ndarray:
     """(n_contexts, T, d) -> (n_rows, d) in token-index order."""
-    return per_position[:, tokens.first_scored_position :, :].reshape(-1, per_position.shape[-1])
+    return per_position[tokens.mask]
 
 
 def test_stores_have_one_row_per_scored_token(smoke_repo, smoke_params, stores, tokens):
     tok_cfg = section(smoke_params, "tokens", TokensConfig)
-    expected = tok_cfg.n_contexts * (tok_cfg.context_length - tok_cfg.first_scored_position)
+    # Every position from first_scored_position on, except the document separators (BOS).
+    after_skip = tokens.contexts[:, tok_cfg.first_scored_position :]
+    expected = int((after_skip != tokens.bos_token_id).sum())
+    assert tokens.contexts.shape == (tok_cfg.n_contexts, tok_cfg.context_length)
+    assert 0 < expected < after_skip.size  # the smoke text has separators to skip
     assert tokens.n_rows == expected
     for name, array in stores.items():
         assert array.shape == (expected, 576), name
@@ -64,6 +68,7 @@ def test_token_index_matches_contexts(smoke_repo, tokens):
     context, position, token = rows["context"][:], rows["position"][:], rows["token"][:]
     assert np.array_equal(tokens.contexts[context, position], token)
     assert position.min() == tokens.first_scored_position
+    assert not (token == tokens.bos_token_id).any()
     assert (tokens.contexts[:, 0] == tokens.bos_token_id).all()
     # Train rows first: the row of the first test context starts at n_train_rows.
     assert context[tokens.n_train_rows] == tokens.n_train_contexts

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import DataConfig, TokensConfig
 from pipeline.text import clean_document, pydoc_documents
-from pipeline.tokens import content_hash, split_train_first, token_stream_contexts
+from pipeline.tokens import content_hash, scored_mask, split_train_first, token_stream_contexts
 
 DOC = """Customizing attribute access
 ****************************
@@ -88,10 +88,16 @@ def test_split_is_by_context_seeded_and_train_first():
         contexts, TokensConfig(context_length=4, n_contexts=40, skip_positions=1, test_fraction=0.25, seed=4)
     )
     assert not np.array_equal(other[n_train:], ordered[n_train:])
-    assert content_hash(ordered, n_train, 1) != content_hash(other, n_train, 1)
+    assert content_hash(ordered, n_train, 1, 0) != content_hash(other, n_train, 1, 0)
 
 
 @pytest.mark.parametrize("skip,first", [(0, 1), (1, 1), (16, 16)])
 def test_bos_is_never_scored(skip, first):
     cfg = TokensConfig(context_length=32, skip_positions=skip)
-    assert cfg.first_scored_position == first and cfg.scored_per_context == 32 - first
+    assert cfg.first_scored_position == first
+
+
+def test_separators_and_skipped_positions_have_no_rows():
+    contexts = np.array([[0, 5, 6, 0, 7, 8], [0, 0, 9, 9, 0, 1]], dtype=np.int32)
+    mask = scored_mask(contexts, first_scored=2, bos_id=0)
+    assert mask.tolist() == [[False, False, True, False, True, True], [False, False, True, True, False, True]]
