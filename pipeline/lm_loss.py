@@ -1,0 +1,54 @@
+"""The LM's own per-token loss on the held-out tokens (a baseline feature for error-norm probes).
+
+For test row i (a token at position p of its context):
+- `loss_current[i]` = -log P(token_p | tokens_<p): how surprising the token itself was;
+- `loss_next[i]`    = -log P(token_p+1 | tokens_<=p): the loss of the prediction made at p
+  (NaN at a context's last position, which has no next token).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from pipeline.models import load_model
+from pipeline.tokens import TokenStore
+
+
+@torch.no_grad()
+def token_losses(model, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids -> (loss_current, loss_next), each (B, T) float32, NaN where undefined."""
+    logprobs = torch.log_softmax(model(input_ids=contexts, use_cache=False).logits.float(), dim=-1)
+    predicted = -logprobs[:, :-1].gather(-1, contexts[:, 1:, None])[..., 0]  # loss of token t+1 at t
+    nan = torch.full_like(predicted[:, :1], float("nan"))
+    return torch.cat([nan, predicted], dim=1), torch.cat([predicted, nan], dim=1)
+
+
+def write_lm_loss(model_dir: Path, token_store: Path, out: Path, batch_size: int, device: str, progress: bool = True) -> None:
+    tokens = TokenStore.open(token_store)
+    model = load_model(model_dir, "float32", device)
+    first = tokens.n_train_contexts
+    current, following = [], []
+    for start in tqdm(range(first, tokens.n_contexts, batch_size), desc="lm_loss", disable=not progress):
+        stop = min(start + batch_size, tokens.n_contexts)
+        ids = torch.from_numpy(tokens.contexts[start:stop]).long().to(device)
+        cur, nxt = token_losses(model, ids)
+        mask = torch.from_numpy(tokens.mask[start:stop]).to(device)
+        current.append(cur[mask].cpu().numpy())
+        following.append(nxt[mask].cpu().numpy())
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w")
+    for name, parts in (("loss_current", current), ("loss_next", following)):
+        values = np.concatenate(parts).astype(np.float32)
+        group.create_array(name, data=values, chunks=(max(1, len(values)),))
+    group.attrs.update({"token_store_hash": tokens.content_hash, "first_store_row": tokens.n_train_rows, "n_test_rows": tokens.n_rows - tokens.n_train_rows})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)

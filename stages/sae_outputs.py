@@ -1,0 +1,34 @@
+"""DVC stage `sae_outputs` (one per SAE): per-token reconstructions, errors and latents on test tokens."""
+
+import argparse
+from pathlib import Path
+
+from pipeline.activation_store import open_store
+from pipeline.harvest import store_path
+from pipeline.sae_outputs import write_sae_outputs
+from pipeline.saes import check_sae_fits, load_sae
+from stages.common import stage, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hook", required=True)
+    parser.add_argument("--activations", type=Path, required=True)
+    parser.add_argument("--sae", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    store = store_path(args.activations, args.hook)
+    with stage("sae_outputs", reads=[str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
+        acts = open_store(store)
+        sae = load_sae(args.sae)
+        check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
+        attrs = {"sae": str(args.sae), "hook": args.hook, "d_sae": sae.cfg.d_sae, "token_store_hash": acts.attrs["token_store_hash"]}
+        metrics, rate = write_sae_outputs(sae, acts, int(acts.attrs["n_train_rows"]), args.out, attrs)
+        write_json(args.metrics, metrics.as_dict())
+        print(f"sae_outputs {args.sae.name}: FVU {metrics.fvu:.4f}, L0 {metrics.l0:.1f}, dead {metrics.dead_fraction:.1%} "
+              f"on {metrics.n_test_tokens} test tokens ({rate:.0f} tokens/s) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""DVC stage `train_sae` (one per hook x width): train an SAE with sae-lens, or fetch a pretrained one."""
+
+import argparse
+import csv
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from pipeline.activation_store import open_store
+from pipeline.config import Hook, load_params, section
+from pipeline.harvest import store_path
+from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
+from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae
+from stages.common import stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hook", required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--activations", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--curve", type=Path, required=True)
+    args = parser.parse_args()
+    store = store_path(args.activations, args.hook)
+    with stage("train_sae", reads=["params.yaml:sae,train_sae", str(store)], writes=[str(args.out), str(args.curve)]):
+        params = load_params()
+        cfg = section(params, "sae", SaeSetConfig)
+        train = section(params, "train_sae", TrainSaeConfig)
+        hook = Hook.parse(args.hook, "--hook")
+        acts = open_store(store)
+        metadata = {"model_name": acts.attrs["model"], "hook_name": hook.name, "prepend_bos": True}
+        if cfg.source == "pretrained":
+            sae = load_pretrained(cfg, hook, args.width, d_in=acts.shape[1])
+            curve: list[CurvePoint] = []
+        else:
+            sae, curve = train_sae(acts, int(acts.attrs["n_train_rows"]), args.width, cfg, train, metadata)
+        save_sae(sae, args.out)
+        args.curve.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.curve, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(CurvePoint)])
+            writer.writeheader()
+            writer.writerows(asdict(point) for point in curve)
+        if curve:
+            last = curve[-1]
+            print(f"train_sae {hook.name} w={args.width}: {last.tokens} tokens, explained variance {last.explained_variance:.3f}, "
+                  f"L0 {last.l0:.1f}, dead {last.dead_fraction:.1%} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

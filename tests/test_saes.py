@@ -1,0 +1,198 @@
+"""SAE stages: metrics against numpy, sae-lens format round trips, seeding, pretrained loading, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+from safetensors.numpy import load_file
+
+from pipeline.activation_store import open_store
+from pipeline.config import ConfigError, Hook
+from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
+from pipeline.saes import build_training_sae, load_pretrained, load_sae, save_sae, shuffled_batches, train_sae
+from tests.conftest import REPO, run, subprocess_env
+
+SMOKE_HOOK = "blocks.2.hook_resid_post"
+TINY_TRAIN = TrainSaeConfig(tokens=4096, batch_size=256, lr=2e-3, log_every=4, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def smoke_acts(smoke_repo):
+    return open_store(smoke_repo / f"artifacts/activations/{SMOKE_HOOK}.zarr")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [128, 512])
+def test_metrics_and_outputs_agree_with_numpy(smoke_repo, smoke_acts, width):
+    name = f"{SMOKE_HOOK}-{width}"
+    outputs = zarr.open_group(smoke_repo / f"artifacts/sae_outputs/{name}.zarr", mode="r")
+    metrics = json.loads((smoke_repo / f"metrics/sae/{name}.json").read_text())
+    n_train = int(smoke_acts.attrs["n_train_rows"])
+    x = smoke_acts[n_train:].astype(np.float64)
+    x_hat, error = outputs["x_hat"][:].astype(np.float64), outputs["error"][:].astype(np.float64)
+
+    fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert metrics["fvu"] == pytest.approx(fvu, rel=1e-6)
+    assert metrics["explained_variance"] == pytest.approx(1 - fvu, rel=1e-6)
+    assert metrics["n_test_tokens"] == len(x)
+    np.testing.assert_allclose(error, x - x_hat, atol=1e-5)
+    np.testing.assert_allclose(outputs["error_norm"][:], np.linalg.norm(x - x_hat, axis=1), rtol=1e-4)
+    np.testing.assert_allclose(outputs["x_norm"][:], np.linalg.norm(x, axis=1), rtol=1e-5)
+
+    # The sparse latents, decoded with the saved weights alone, give back x_hat.
+    weights = load_file(smoke_repo / f"artifacts/saes/{name}/sae_weights.safetensors")
+    indptr, indices, values = outputs["latent_indptr"][:], outputs["latent_indices"][:], outputs["latent_values"][:]
+    dense = np.zeros((len(x), width))
+    rows = np.repeat(np.arange(len(x)), np.diff(indptr))
+    dense[rows, indices] = values
+    np.testing.assert_allclose(dense @ weights["W_dec"] + weights["b_dec"], x_hat, rtol=1e-4, atol=1e-3)
+    l0 = np.diff(indptr)
+    assert np.array_equal(outputs["l0"][:], l0) and metrics["l0"] == pytest.approx(l0.mean())
+    assert metrics["l0"] == pytest.approx(16.0)  # TopK with k=16
+    assert metrics["dead_fraction"] == pytest.approx(1 - len(np.unique(indices)) / width)
+
+
+@pytest.mark.slow
+def test_fvu_falls_as_width_grows_at_fixed_k(smoke_repo):
+    summary = json.loads((smoke_repo / "metrics/sae_summary.json").read_text())["saes"]
+    for hook in (SMOKE_HOOK, "blocks.2.hook_mlp_out"):
+        assert summary[f"{hook}-512"]["fvu"] < summary[f"{hook}-128"]["fvu"], summary
+        assert summary[f"{hook}-512"]["l0"] == summary[f"{hook}-128"]["l0"] == 16
+
+
+@pytest.mark.slow
+def test_training_curve_is_a_dvc_plot(smoke_repo):
+    out = run(["dvc", "plots", "show", "--json"], smoke_repo).stdout
+    assert f"metrics/train_sae/{SMOKE_HOOK}-128.csv" in out
+    lines = (smoke_repo / f"metrics/train_sae/{SMOKE_HOOK}-128.csv").read_text().splitlines()
+    assert lines[0] == "step,tokens,loss,explained_variance,l0,dead_fraction" and len(lines) > 5
+    first, last = (float(v) for v in (lines[1].split(",")[3], lines[-1].split(",")[3]))
+    assert last > first  # it learned
+
+
+@pytest.mark.slow
+def test_saved_sae_reloads_with_identical_outputs(smoke_acts, tmp_path):
+    cfg = SaeSetConfig(hooks=[SMOKE_HOOK], widths=[64], k=8)
+    sae, _ = train_sae(smoke_acts, int(smoke_acts.attrs["n_train_rows"]), 64, cfg, TINY_TRAIN, {"hook_name": SMOKE_HOOK}, progress=False)
+    save_sae(sae, tmp_path / "sae")
+    from sae_lens import SAE
+
+    reloaded = SAE.load_from_disk(tmp_path / "sae")
+    assert reloaded.cfg.metadata.hook_name == SMOKE_HOOK and reloaded.cfg.d_sae == 64
+    x = torch.from_numpy(smoke_acts[:200])
+    with torch.no_grad():
+        assert torch.equal(sae.eval()(x), reloaded(x))
+        assert torch.equal(sae.encode(x), reloaded.encode(x))
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(smoke_acts):
+    cfg = SaeSetConfig(hooks=[SMOKE_HOOK], widths=[64], k=8)
+    n_train = int(smoke_acts.attrs["n_train_rows"])
+
+    def weights(seed: int) -> dict:
+        train = TrainSaeConfig(**{**TINY_TRAIN.__dict__, "seed": seed})
+        sae, _ = train_sae(smoke_acts, n_train, 64, cfg, train, {}, progress=False)
+        return {k: v.clone() for k, v in sae.state_dict().items()}
+
+    a, b, c = weights(0), weights(0), weights(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["W_enc"], c["W_enc"])
+
+
+def test_shuffled_batches_cover_train_rows_only(tmp_path):
+    store = zarr.create_array(tmp_path / "a.zarr", shape=(1300, 2), chunks=(64, 2), dtype="float32")
+    store[:] = np.repeat(np.arange(1300, dtype=np.float32)[:, None], 2, axis=1)
+    stream = shuffled_batches(store, n_rows=1000, batch_size=100, shuffle_chunks=3, seed=0)
+    seen = np.concatenate([next(stream)[:, 0].numpy() for _ in range(50)])  # five epochs' worth
+    counts = np.bincount(seen.astype(int), minlength=1300)
+    assert counts[1000:].sum() == 0
+    assert counts[:1000].min() >= 4 and counts[:1000].max() <= 6
+    again = shuffled_batches(store, n_rows=1000, batch_size=100, shuffle_chunks=3, seed=0)
+    assert torch.equal(next(again), torch.from_numpy(np.repeat(seen[:100, None], 2, axis=1)))
+
+
+def test_local_pretrained_release_loads_in_sae_lens_format(tmp_path):
+    cfg = SaeSetConfig(
+        source="pretrained", hooks=["blocks.4.hook_resid_post"], widths=[2048],
+        release={"resid_post": str(tmp_path / "release")}, id_template="layer_{layer}/width_{width_k}k/canonical",
+    )
+    torch.manual_seed(0)
+    saved = build_training_sae(cfg, d_in=32, width=2048, dtype="float32", device="cpu")
+    save_sae(saved, tmp_path / "release" / "layer_4" / "width_2k" / "canonical")
+    loaded = load_pretrained(cfg, Hook("resid_post", 4), 2048, d_in=32)
+    assert torch.equal(loaded.W_dec, saved.W_dec)
+
+    with pytest.raises(ConfigError, match=r"sae\.release\[resid_post\] / sae\.id_template .*d_in is 32, but the hook's activations have width 576"):
+        load_pretrained(cfg, Hook("resid_post", 4), 2048, d_in=576)
+    with pytest.raises(ConfigError, match=r"sae\.id_template: 'layer_5/width_2k/canonical' .* is not under"):
+        load_pretrained(cfg, Hook("resid_post", 5), 2048, d_in=32)
+
+
+def test_unknown_pretrained_id_names_the_key():
+    cfg = SaeSetConfig(
+        source="pretrained", hooks=["blocks.12.hook_resid_post"], widths=[12345],
+        release={"resid_post": "gemma-scope-2b-pt-res-canonical"}, id_template="layer_{layer}/width_{width_k}k/canonical",
+    )
+    with pytest.raises(ConfigError, match=r"sae\.id_template: 'layer_12/width_12k/canonical' .* not in release .*layer_12/width_16k/canonical"):
+        load_pretrained(cfg, Hook("resid_post", 12), 12345, d_in=2304)
+    cfg.release = {"resid_post": "gemma-scope-9000b"}
+    with pytest.raises(ConfigError, match=r"sae\.release: 'gemma-scope-9000b' .* neither a local directory nor a sae-lens release"):
+        load_pretrained(cfg, Hook("resid_post", 12), 16384, d_in=2304)
+
+
+def test_paper_scale_names_real_gemma_scope_saes():
+    """Every (hook, width) of scale=paper resolves in sae-lens's directory (offline)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pipeline.config import section
+    from pipeline.saes import validate_pretrained
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        params = OmegaConf.create(OmegaConf.to_container(compose("config", overrides=["scale=paper"])))
+    cfg = section(params, "sae", SaeSetConfig)
+    pairs = [validate_pretrained(cfg, hook, width) for hook in cfg.parsed_hooks() for width in cfg.widths]
+    assert ("gemma-scope-2b-pt-res-canonical", "layer_12/width_65k/canonical") in pairs
+    assert ("gemma-scope-2b-pt-att-canonical", "layer_12/width_16k/canonical") in pairs
+
+
+def test_empty_or_bad_sae_lists_name_the_key():
+    with pytest.raises(ConfigError, match=r"^sae\.widths: the list is empty"):
+        SaeSetConfig(widths=[])
+    with pytest.raises(ConfigError, match=r"^sae\.hooks\[0\]: unknown hook"):
+        SaeSetConfig(hooks=["blocks.2.resid"])
+    with pytest.raises(ConfigError, match=r"^sae\.k: must be in \[1, width\]"):
+        SaeSetConfig(widths=[16], k=32)
+
+
+@pytest.mark.slow
+def test_empty_width_list_fails_the_dag_by_name(smoke_repo, tmp_path):
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["sae"]["widths"] = []
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "stages.sae_summary", "--metrics-dir", str(smoke_repo / "metrics/sae"), "--out", str(tmp_path / "s.json")]
+    result = run(cmd, tmp_path, check=False, env={**subprocess_env(), "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "sae.widths: the list is empty" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_sae_param_reruns_only_sae_stages(smoke_repo):
+    params_file = smoke_repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["train_sae"]["lr"] = 0.001
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        dry = run(["dvc", "repro", "--dry"], smoke_repo).stdout
+        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+        assert f"train_sae@{SMOKE_HOOK}-128" in ran and f"sae_outputs@{SMOKE_HOOK}-512" in ran, ran
+        assert not ran & {"model", "tokens", "harvest", "lm_loss"}, ran
+    finally:
+        params_file.write_text(original)
