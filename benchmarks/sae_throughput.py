@@ -1,0 +1,113 @@
+"""SAE training and sae_outputs throughput against bare torch loops of the same architecture, same run.
+
+    python benchmarks/sae_throughput.py [--hook blocks.15.hook_resid_post] [--width 2304] [--k 32]
+
+Needs a harvested store (`dvc repro harvest`). Prints tokens/s of:
+  train    pipeline.saes.train_sae: sae-lens TopK SAE + SAETrainer, batches streamed from Zarr;
+  bare     a hand-written TopK SAE (same shapes, MSE + Adam) on in-memory batches;
+  outputs  pipeline.sae_outputs.write_sae_outputs: encode/decode the test rows, write Zarr;
+  bare     the same encode/decode over in-memory rows, nothing written;
+and the ratios pipeline / bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.activation_store import open_store  # noqa: E402
+from pipeline.harvest import store_path  # noqa: E402
+from pipeline.sae_config import SaeSetConfig, TrainSaeConfig  # noqa: E402
+from pipeline.sae_outputs import write_sae_outputs  # noqa: E402
+from pipeline.saes import train_sae  # noqa: E402
+
+
+class BareTopK(torch.nn.Module):
+    def __init__(self, d: int, width: int, k: int):
+        super().__init__()
+        self.k = k
+        self.W_enc = torch.nn.Parameter(torch.randn(d, width) / d**0.5)
+        self.b_enc = torch.nn.Parameter(torch.zeros(width))
+        self.W_dec = torch.nn.Parameter(self.W_enc.detach().T.clone())
+        self.b_dec = torch.nn.Parameter(torch.zeros(d))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x) @ self.W_dec + self.b_dec
+
+
+def bare_training(x: torch.Tensor, width: int, k: int, steps: int, batch: int) -> float:
+    torch.manual_seed(0)
+    sae = BareTopK(x.shape[1], width, k)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=2e-3)
+    started = time.perf_counter()
+    for _ in range(steps):
+        xb = x[torch.randint(0, len(x), (batch,))]
+        loss = (sae(xb) - xb).pow(2).sum(-1).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return steps * batch / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def bare_outputs(sae, x: torch.Tensor, block: int) -> float:
+    started = time.perf_counter()
+    for first in range(0, len(x), block):
+        latents = sae.encode(x[first : first + block])
+        sae.decode(latents)
+    return len(x) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--activations", type=Path, default=Path("artifacts/activations"))
+    parser.add_argument("--hook", default="blocks.15.hook_resid_post")
+    parser.add_argument("--width", type=int, default=2304)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=1024)
+    args = parser.parse_args()
+
+    acts = open_store(store_path(args.activations, args.hook))
+    n_train = int(acts.attrs["n_train_rows"])
+    cfg = SaeSetConfig(hooks=[args.hook], widths=[args.width], k=args.k)
+    train = TrainSaeConfig(tokens=args.steps * args.batch, batch_size=args.batch, device="cpu", log_every=10**9)
+    print(f"{args.hook}, width {args.width}, k {args.k}, {args.steps} steps of {args.batch}, torch threads {torch.get_num_threads()}")
+
+    started = time.perf_counter()
+    sae, _ = train_sae(acts, n_train, args.width, cfg, train, {}, progress=False)
+    train_rate = train.steps * train.batch_size / (time.perf_counter() - started)
+    bare_train_rate = bare_training(torch.from_numpy(acts[:n_train]), args.width, args.k, args.steps, args.batch)
+
+    sae.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, outputs_rate = write_sae_outputs(sae, acts, n_train, Path(tmp) / "out.zarr", {}, progress=False)
+    bare_outputs_rate = bare_outputs(sae, torch.from_numpy(np.asarray(acts[n_train:])), 4096)
+
+    rows = [
+        ("train_sae (sae-lens, streamed from Zarr)", train_rate, "incl. norm estimate and b_dec init"),
+        ("bare torch TopK training loop", bare_train_rate, ""),
+        ("sae_outputs (encode/decode + Zarr writes)", outputs_rate, ""),
+        ("bare torch encode/decode, nothing written", bare_outputs_rate, ""),
+    ]
+    for name, rate, note in rows:
+        print(f"  {name:45s} {rate:9.0f} tokens/s  {note}")
+    print(f"  train_sae / bare   = {train_rate / bare_train_rate:.2f}")
+    print(f"  sae_outputs / bare = {outputs_rate / bare_outputs_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
