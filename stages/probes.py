@@ -1,0 +1,38 @@
+"""DVC stage `probes` (one per SAE): linear error, nonlinear error and error-norm probes (test R^2)."""
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+
+from pipeline.activation_store import open_store
+from pipeline.config import load_params, section
+from pipeline.harvest import store_path
+from pipeline.probes import ProbesConfig, fit_error_probes, score_error_probes
+from pipeline.saes import check_sae_fits, load_sae
+from stages.common import stage, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hook", required=True)
+    parser.add_argument("--activations", type=Path, required=True)
+    parser.add_argument("--sae", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    store = store_path(args.activations, args.hook)
+    with stage("probes", reads=["params.yaml:probes", str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
+        cfg = section(load_params(), "probes", ProbesConfig)
+        acts = open_store(store)
+        sae = load_sae(args.sae)
+        check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
+        n_train = int(acts.attrs["n_train_rows"])
+        fit = fit_error_probes(sae, acts, n_train, cfg)
+        metrics = score_error_probes(sae, acts, n_train, fit, args.out, cfg)
+        write_json(args.metrics, asdict(metrics))
+        print(f"probes {args.sae.name}: error R2 {metrics.error_vector_r2:.3f} (dims {metrics.error_vector_r2_dims:.3f}), "
+              f"norm R2 {metrics.error_norm_r2:.3f}, FVU {metrics.sae_fvu:.4f} -> nonlinear {metrics.nonlinear_fvu:.4f}")
+
+
+if __name__ == "__main__":
+    main()

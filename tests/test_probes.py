@@ -1,0 +1,86 @@
+"""The `probes` stage on the smoke DAG, against sklearn fitted on the same train tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from pipeline.activation_store import open_store
+from pipeline.saes import load_sae
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+
+NAME = "blocks.2.hook_resid_post-512"
+
+
+@pytest.fixture(scope="module")
+def reference(smoke_repo):
+    """x, e on train and test rows, and sklearn's fit of e on x over the train rows."""
+    import torch
+    from sklearn.linear_model import LinearRegression
+
+    acts = open_store(smoke_repo / "artifacts/activations/blocks.2.hook_resid_post.zarr")
+    n_train = int(acts.attrs["n_train_rows"])
+    sae = load_sae(smoke_repo / f"artifacts/saes/{NAME}")
+    x = acts[:]
+    with torch.no_grad():
+        x_hat = sae(torch.from_numpy(x)).numpy()
+    e = (x - x_hat).astype(np.float64)
+    x64 = x.astype(np.float64)
+    targets = np.hstack([e, (e**2).sum(1, keepdims=True), np.linalg.norm(e, axis=1, keepdims=True)])
+    model = LinearRegression().fit(x64[:n_train], targets[:n_train])
+    return x64[n_train:], x_hat[n_train:].astype(np.float64), targets[n_train:], model.predict(x64[n_train:])
+
+
+def r2(y, y_hat, weighted=True):
+    from sklearn.metrics import r2_score
+
+    return r2_score(y, y_hat, multioutput="variance_weighted" if weighted else "uniform_average")
+
+
+def fvu(y, y_hat):
+    return ((y - y_hat) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+
+
+def test_probe_metrics_match_sklearn(smoke_repo, reference):
+    x, x_hat, targets, predicted = reference
+    d = x.shape[1]
+    metrics = json.loads((smoke_repo / f"metrics/probes/{NAME}.json").read_text())
+    e, e_lin = targets[:, :d], predicted[:, :d]
+    assert metrics["error_vector_r2"] == pytest.approx(r2(e, e_lin), abs=1e-6)
+    assert metrics["error_vector_r2_dims"] == pytest.approx(r2(e, e_lin, weighted=False), abs=1e-6)
+    assert metrics["error_sq_norm_r2"] == pytest.approx(r2(targets[:, d], predicted[:, d]), abs=1e-6)
+    assert metrics["error_norm_r2"] == pytest.approx(r2(targets[:, d + 1], predicted[:, d + 1]), abs=1e-6)
+    assert metrics["sae_fvu"] == pytest.approx(fvu(x, x_hat), rel=1e-6)
+    assert metrics["nonlinear_fvu"] == pytest.approx(fvu(x, x_hat + e_lin), rel=1e-5)
+    assert metrics["linear_share"] == pytest.approx(1 - fvu(x, x_hat + e_lin) / fvu(x, x_hat), rel=1e-5)
+    assert 0 < metrics["nonlinear_fvu"] < metrics["sae_fvu"]
+
+
+def test_linear_and_nonlinear_errors_are_written_and_sum_to_the_error(smoke_repo, reference):
+    x, _, targets, predicted = reference
+    d = x.shape[1]
+    group = zarr.open_group(smoke_repo / f"artifacts/probes/{NAME}.zarr", mode="r")
+    linear, nonlinear = group["linear_error"][:], group["nonlinear_error"][:]
+    np.testing.assert_allclose(linear, predicted[:, :d], atol=2e-3 * np.abs(predicted[:, :d]).max())
+    np.testing.assert_allclose(linear + nonlinear, targets[:, :d], atol=1e-3)
+
+
+def test_probes_param_reruns_only_probes(smoke_repo):
+    params_file = smoke_repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["probes"]["ridge"] = 10.0
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        dry = run(["dvc", "repro", "--dry"], smoke_repo).stdout
+        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+        assert ran and all(name.startswith("probes@") for name in ran), ran
+        assert len(ran) == 4, ran
+    finally:
+        params_file.write_text(original)
