@@ -77,12 +77,13 @@ def time_naive(model_dir: Path, tokens: TokenStore, batch: int) -> float:
 
 
 def peak_rss_mb(model_dir: Path, tokens_path: Path, layer: int, work: Path) -> float:
-    """Harvest in a fresh process; its peak resident memory in MB."""
+    """Harvest in a fresh process; its peak resident memory in MB (/proc's VmHWM: ru_maxrss would
+    include the parent's memory at fork time)."""
     code = (
-        "import sys, resource; sys.path.insert(0, %r)\n"
+        "import sys; sys.path.insert(0, %r)\n"
         "from pipeline.config import HarvestConfig\nfrom pipeline.harvest import harvest\n"
         "harvest(%r, %r, %r, HarvestConfig(hooks=%r, device='cpu'), progress=False)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
     ) % (
         str(Path(__file__).resolve().parents[1]),
         str(model_dir),

@@ -83,9 +83,11 @@ def write_stores(rows: int, d: int, work: Path) -> tuple[Path, Path]:
 
 
 def peak_rss_streaming(x_path: Path, y_path: Path) -> float:
-    """Peak RSS of a fresh process that fits by streaming the two stores in 8192-row blocks."""
+    """Peak RSS of a fresh process that fits by streaming the two stores in 8192-row blocks.
+
+    Read from /proc's VmHWM: ru_maxrss would include the parent's memory at fork time."""
     code = f"""
-import sys, resource, zarr
+import sys, zarr
 sys.path.insert(0, {str(ROOT)!r})
 from pipeline.activation_store import iter_row_blocks
 from pipeline.lstsq import NormalEquations
@@ -94,7 +96,7 @@ eq = NormalEquations()
 for (first, x), (_, y) in zip(iter_row_blocks(xs), iter_row_blocks(ys)):
     eq.update(x, y)
 eq.solve()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.split()[-1]) / 1024
