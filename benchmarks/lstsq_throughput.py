@@ -34,7 +34,7 @@ def make_data(rows: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def engine(x: np.ndarray, y: np.ndarray, block: int = 8192):
+def engine(x: np.ndarray, y: np.ndarray, block: int = 4096):
     eq = NormalEquations(bias=True)
     for i in range(0, len(x), block):
         eq.update(x[i : i + block], y[i : i + block])
@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=576)
     args = parser.parse_args()
     x, y = make_data(args.rows, args.d)
-    print(f"{args.rows} rows, d = {args.d} -> {args.d} targets, fit + score on the same rows, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.rows} rows, d = {args.d} -> {args.d} targets, fit + score on the same rows, torch threads {torch.get_num_threads()}"
+    )
     results = {
         "streaming engine (float64 normal equations)": timed(engine, x, y),
         "sklearn LinearRegression": timed(sklearn_fit, x, y),

@@ -85,7 +85,9 @@ def main() -> None:
     n_train = int(acts.attrs["n_train_rows"])
     cfg = SaeSetConfig(hooks=[args.hook], widths=[args.width], k=args.k)
     train = TrainSaeConfig(tokens=args.steps * args.batch, batch_size=args.batch, device="cpu", log_every=10**9)
-    print(f"{args.hook}, width {args.width}, k {args.k}, {args.steps} steps of {args.batch}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.hook}, width {args.width}, k {args.k}, {args.steps} steps of {args.batch}, torch threads {torch.get_num_threads()}"
+    )
 
     started = time.perf_counter()
     sae, _ = train_sae(acts, n_train, args.width, cfg, train, {}, progress=False)

@@ -32,7 +32,7 @@ class ProbesConfig:
     """Fit e ~ x W + b; false reproduces the paper code's no-bias fit."""
     ridge: float = 0.0
     """L2 penalty on W (not on b)."""
-    block_rows: int = 8192
+    block_rows: int = 4096
     """Rows per streamed block."""
 
     def __post_init__(self) -> None:

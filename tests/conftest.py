@@ -37,6 +37,23 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     return result
 
 
+def stages_to_rerun(repo: Path, section: str, key: str, value) -> set[str]:
+    """The stages `dvc repro --dry` would run after setting params.yaml's section.key = value
+    (params.yaml is restored afterwards)."""
+    import yaml
+
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params[section][key] = value
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        dry = run(["dvc", "repro", "--dry"], repo).stdout
+    finally:
+        params_file.write_text(original)
+    return {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+
+
 def copy_repo(dest: Path) -> Path:
     """Copy the tracked and untracked-but-not-ignored files into a fresh git repo with one commit."""
     files = subprocess.run(

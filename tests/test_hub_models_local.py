@@ -99,6 +99,7 @@ def test_hub_architecture_matches_hidden_states(harvested):
     arch, model, tokens, stores = harvested
     with torch.inference_mode():
         hidden = model(torch.from_numpy(tokens.contexts).long(), output_hidden_states=True).hidden_states
+
     def rows(t: torch.Tensor) -> np.ndarray:
         return t[torch.from_numpy(tokens.mask)].numpy()
 

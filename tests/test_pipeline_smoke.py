@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from pipeline.activation_store import iter_row_blocks, open_store
 from pipeline.config import HarvestConfig, Hook, TokensConfig, section
 from pipeline.harvest import store_path
 from pipeline.models import load_model
 from pipeline.tokens import TokenStore
-from tests.conftest import run
+from tests.conftest import run, stages_to_rerun
 
 pytestmark = pytest.mark.slow
 
@@ -120,16 +119,8 @@ def test_second_repro_does_nothing(smoke_repo):
 
 
 def test_harvest_param_reruns_only_harvest(smoke_repo):
-    params_file = smoke_repo / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
-    params["harvest"]["batch_size"] = 4
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        dry = run(["dvc", "repro", "--dry"], smoke_repo).stdout
-        assert "Running stage 'harvest'" in dry, dry
-        assert "Running stage 'model'" not in dry and "Running stage 'tokens'" not in dry, dry
-        status = run(["dvc", "status", "model", "tokens"], smoke_repo).stdout
-        assert "up to date" in status.lower(), status
-    finally:
-        params_file.write_text(original)
+    ran = stages_to_rerun(smoke_repo, "harvest", "chunk_rows", 128)
+    # (--dry cannot know yet that harvest's outputs will change, so it lists only harvest itself.)
+    assert ran == {"harvest"}, ran
+    status = run(["dvc", "status", "model", "tokens"], smoke_repo).stdout
+    assert "up to date" in status.lower(), status

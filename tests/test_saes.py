@@ -15,8 +15,8 @@ from safetensors.numpy import load_file
 from pipeline.activation_store import open_store
 from pipeline.config import ConfigError, Hook
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
-from pipeline.saes import build_training_sae, load_pretrained, load_sae, save_sae, shuffled_batches, train_sae
-from tests.conftest import REPO, run, subprocess_env
+from pipeline.saes import build_training_sae, load_pretrained, save_sae, shuffled_batches, train_sae
+from tests.conftest import REPO, run, stages_to_rerun, subprocess_env
 
 SMOKE_HOOK = "blocks.2.hook_resid_post"
 TINY_TRAIN = TrainSaeConfig(tokens=4096, batch_size=256, lr=2e-3, log_every=4, device="cpu")
@@ -79,7 +79,15 @@ def test_training_curve_is_a_dvc_plot(smoke_repo):
 @pytest.mark.slow
 def test_saved_sae_reloads_with_identical_outputs(smoke_acts, tmp_path):
     cfg = SaeSetConfig(hooks=[SMOKE_HOOK], widths=[64], k=8)
-    sae, _ = train_sae(smoke_acts, int(smoke_acts.attrs["n_train_rows"]), 64, cfg, TINY_TRAIN, {"hook_name": SMOKE_HOOK}, progress=False)
+    sae, _ = train_sae(
+        smoke_acts,
+        int(smoke_acts.attrs["n_train_rows"]),
+        64,
+        cfg,
+        TINY_TRAIN,
+        {"hook_name": SMOKE_HOOK},
+        progress=False,
+    )
     save_sae(sae, tmp_path / "sae")
     from sae_lens import SAE
 
@@ -133,8 +141,11 @@ def test_shuffled_batches_cover_train_rows_only(tmp_path):
 
 def test_local_pretrained_release_loads_in_sae_lens_format(tmp_path):
     cfg = SaeSetConfig(
-        source="pretrained", hooks=["blocks.4.hook_resid_post"], widths=[2048],
-        release={"resid_post": str(tmp_path / "release")}, id_template="layer_{layer}/width_{width_k}k/canonical",
+        source="pretrained",
+        hooks=["blocks.4.hook_resid_post"],
+        widths=[2048],
+        release={"resid_post": str(tmp_path / "release")},
+        id_template="layer_{layer}/width_{width_k}k/canonical",
     )
     torch.manual_seed(0)
     saved = build_training_sae(cfg, d_in=32, width=2048, dtype="float32", device="cpu")
@@ -145,7 +156,10 @@ def test_local_pretrained_release_loads_in_sae_lens_format(tmp_path):
     direct = SAE.load_from_disk(tmp_path / "release" / "layer_4" / "width_2k" / "canonical")
     assert torch.equal(loaded.W_dec, direct.W_dec) and torch.equal(loaded.W_enc, direct.W_enc)
 
-    with pytest.raises(ConfigError, match=r"sae\.release\[resid_post\] / sae\.id_template .*d_in is 32, but the hook's activations have width 576"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sae\.release\[resid_post\] / sae\.id_template .*d_in is 32, but the hook's activations have width 576",
+    ):
         load_pretrained(cfg, Hook("resid_post", 4), 2048, d_in=576)
     with pytest.raises(ConfigError, match=r"sae\.id_template: 'layer_5/width_2k/canonical' .* is not under"):
         load_pretrained(cfg, Hook("resid_post", 5), 2048, d_in=32)
@@ -153,13 +167,21 @@ def test_local_pretrained_release_loads_in_sae_lens_format(tmp_path):
 
 def test_unknown_pretrained_id_names_the_key():
     cfg = SaeSetConfig(
-        source="pretrained", hooks=["blocks.12.hook_resid_post"], widths=[12345],
-        release={"resid_post": "gemma-scope-2b-pt-res-canonical"}, id_template="layer_{layer}/width_{width_k}k/canonical",
+        source="pretrained",
+        hooks=["blocks.12.hook_resid_post"],
+        widths=[12345],
+        release={"resid_post": "gemma-scope-2b-pt-res-canonical"},
+        id_template="layer_{layer}/width_{width_k}k/canonical",
     )
-    with pytest.raises(ConfigError, match=r"sae\.id_template: 'layer_12/width_12k/canonical' .* not in release .*layer_12/width_16k/canonical"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sae\.id_template: 'layer_12/width_12k/canonical' .* not in release .*layer_12/width_16k/canonical",
+    ):
         load_pretrained(cfg, Hook("resid_post", 12), 12345, d_in=2304)
     cfg.release = {"resid_post": "gemma-scope-9000b"}
-    with pytest.raises(ConfigError, match=r"sae\.release: 'gemma-scope-9000b' .* neither a local directory nor a sae-lens release"):
+    with pytest.raises(
+        ConfigError, match=r"sae\.release: 'gemma-scope-9000b' .* neither a local directory nor a sae-lens release"
+    ):
         load_pretrained(cfg, Hook("resid_post", 12), 16384, d_in=2304)
 
 
@@ -193,23 +215,21 @@ def test_empty_width_list_fails_the_dag_by_name(smoke_repo, tmp_path):
     params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
     params["sae"]["widths"] = []
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "stages.sae_summary", "--metrics-dir", str(smoke_repo / "metrics/sae"), "--out", str(tmp_path / "s.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.sae_summary",
+        "--metrics-dir",
+        str(smoke_repo / "metrics/sae"),
+        "--out",
+        str(tmp_path / "s.json"),
+    ]
     result = run(cmd, tmp_path, check=False, env={**subprocess_env(), "PYTHONPATH": str(REPO)})
     assert result.returncode == 2 and "sae.widths: the list is empty" in result.stderr
 
 
 @pytest.mark.slow
 def test_train_sae_param_reruns_only_sae_stages(smoke_repo):
-    params_file = smoke_repo / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
-    params["train_sae"]["lr"] = 0.001
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        dry = run(["dvc", "repro", "--dry"], smoke_repo).stdout
-        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
-        # (--dry cannot know yet that the SAEs will change, so it lists their dependants only in a real run.)
-        assert {f"train_sae@{hook}-{w}" for hook in (SMOKE_HOOK, "blocks.2.hook_mlp_out") for w in (128, 512)} <= ran, ran
-        assert not ran & {"model", "tokens", "harvest", "lm_loss"}, ran
-    finally:
-        params_file.write_text(original)
+    ran = stages_to_rerun(smoke_repo, "train_sae", "lr", 0.001)
+    # (--dry cannot know yet that the SAEs will change, so it lists their dependants only in a real run.)
+    assert ran == {f"train_sae@{hook}-{w}" for hook in (SMOKE_HOOK, "blocks.2.hook_mlp_out") for w in (128, 512)}, ran
