@@ -57,6 +57,19 @@ class ProbeMetrics:
     """FVU(x, x_hat + e_hat): what is left once the linear error is added back."""
     linear_share: float
     """(sae_fvu - nonlinear_fvu) / sae_fvu: share of the SAE's FVU that the linear error accounts for."""
+    component_sq_norm_r2: dict[str, float]
+    """Test R^2 of a linear probe (with bias) from x to the squared norm of each component."""
+
+
+COMPONENTS = ("x_hat", "error", "nonlinear_error", "x_hat_plus_nonlinear", "linear_error", "x")
+"""SPEC experiment 3: the components whose squared-norm predictability is compared."""
+
+
+def component_sq_norms(x: np.ndarray, x_hat: np.ndarray, err: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """(rows, len(COMPONENTS)) squared norms of x_hat, e, n, x_hat + n, e_hat and x."""
+    nonlinear = err - linear
+    parts = (x_hat, err, nonlinear, x_hat + nonlinear, linear, x)
+    return np.stack([np.einsum("ij,ij->i", p, p) for p in (np.asarray(q, dtype=np.float64) for q in parts)], axis=1)
 
 
 def reconstruct(sae: SAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +95,28 @@ def fit_error_probes(sae: SAE, acts: zarr.Array, n_train: int, cfg: ProbesConfig
     return equations.solve(cfg.ridge)
 
 
+def fit_component_norm_probes(
+    sae: SAE, acts: zarr.Array, n_train: int, fit: LinearFit, cfg: ProbesConfig, progress: bool = True
+) -> LinearFit:
+    """A second pass over the train rows (n needs the fitted map): x -> squared norm of each component."""
+    d = acts.shape[1]
+    equations = NormalEquations(bias=True)
+    blocks = iter_row_blocks(acts, 0, n_train, rows=cfg.block_rows)
+    for _, x in tqdm(blocks, total=-(-n_train // cfg.block_rows), desc="probes: norms", disable=not progress):
+        x_hat, err = reconstruct(sae, x)
+        equations.update(x, component_sq_norms(x, x_hat, err, fit.predict(x)[:, :d]))
+    return equations.solve(cfg.ridge)
+
+
 def score_error_probes(
-    sae: SAE, acts: zarr.Array, n_train: int, fit: LinearFit, out: Path, cfg: ProbesConfig, progress: bool = True
+    sae: SAE,
+    acts: zarr.Array,
+    n_train: int,
+    fit: LinearFit,
+    norms_fit: LinearFit,
+    out: Path,
+    cfg: ProbesConfig,
+    progress: bool = True,
 ) -> ProbeMetrics:
     """One pass over the test rows: score the probes, write e_hat and n to the Zarr group `out`."""
     d = acts.shape[1]
@@ -94,6 +127,7 @@ def score_error_probes(
     group = zarr.open_group(tmp, mode="w")
     arrays = {name: group.create_array(name, shape=(n_test, d), chunks=(acts.chunks[0], d), dtype="float32") for name in ("linear_error", "nonlinear_error")}
     error, sq_norm, norm, sae_recon, with_linear = (FitScore() for _ in range(5))
+    component_scores = {name: FitScore() for name in COMPONENTS}
     blocks = iter_row_blocks(acts, n_train, rows=cfg.block_rows)
     for first, x in tqdm(blocks, total=-(-n_test // cfg.block_rows), desc="probes: score", disable=not progress):
         x_hat, err = reconstruct(sae, x)
@@ -105,6 +139,9 @@ def score_error_probes(
         norm.update(target[:, d + 1], pred_norm)
         sae_recon.update(x, x_hat)
         with_linear.update(x, x_hat + linear)
+        norms, predicted_norms = component_sq_norms(x, x_hat, err, linear), norms_fit.predict(x)
+        for j, name in enumerate(COMPONENTS):
+            component_scores[name].update(norms[:, j], predicted_norms[:, j])
         rows = slice(first - n_train, first - n_train + len(x))
         arrays["linear_error"][rows] = linear.astype(np.float32)
         arrays["nonlinear_error"][rows] = (err - linear).astype(np.float32)
@@ -116,6 +153,7 @@ def score_error_probes(
         sae_fvu=sae_recon.fvu,
         nonlinear_fvu=with_linear.fvu,
         linear_share=(sae_recon.fvu - with_linear.fvu) / sae_recon.fvu,
+        component_sq_norm_r2={name: score.r2 for name, score in component_scores.items()},
     )
     group.attrs.update({"first_store_row": n_train, "n_test_rows": n_test, "probes": asdict(cfg), "metrics": asdict(metrics)})
     shutil.rmtree(out, ignore_errors=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from pipeline.activation_store import open_store
 from pipeline.config import load_params, section
 from pipeline.harvest import store_path
-from pipeline.probes import ProbesConfig, fit_error_probes, score_error_probes
+from pipeline.probes import ProbesConfig, fit_component_norm_probes, fit_error_probes, score_error_probes
 from pipeline.saes import check_sae_fits, load_sae
 from stages.common import stage, write_json
 
@@ -28,7 +28,8 @@ def main() -> None:
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         n_train = int(acts.attrs["n_train_rows"])
         fit = fit_error_probes(sae, acts, n_train, cfg)
-        metrics = score_error_probes(sae, acts, n_train, fit, args.out, cfg)
+        norms_fit = fit_component_norm_probes(sae, acts, n_train, fit, cfg)
+        metrics = score_error_probes(sae, acts, n_train, fit, norms_fit, args.out, cfg)
         write_json(args.metrics, asdict(metrics))
         print(f"probes {args.sae.name}: error R2 {metrics.error_vector_r2:.3f} (dims {metrics.error_vector_r2_dims:.3f}), "
               f"norm R2 {metrics.error_norm_r2:.3f}, FVU {metrics.sae_fvu:.4f} -> nonlinear {metrics.nonlinear_fvu:.4f}")

@@ -19,7 +19,8 @@ NAME = "blocks.2.hook_resid_post-512"
 
 @pytest.fixture(scope="module")
 def reference(smoke_repo):
-    """x, e on train and test rows, and sklearn's fit of e on x over the train rows."""
+    """(x, x_hat, [e, ||e||^2, ||e||], sklearn's prediction of those from x, n_train) over all rows,
+    sklearn fitted on the train rows."""
     import torch
     from sklearn.linear_model import LinearRegression
 
@@ -33,7 +34,7 @@ def reference(smoke_repo):
     x64 = x.astype(np.float64)
     targets = np.hstack([e, (e**2).sum(1, keepdims=True), np.linalg.norm(e, axis=1, keepdims=True)])
     model = LinearRegression().fit(x64[:n_train], targets[:n_train])
-    return x64[n_train:], x_hat[n_train:].astype(np.float64), targets[n_train:], model.predict(x64[n_train:])
+    return x64, x_hat.astype(np.float64), targets, model.predict(x64), n_train
 
 
 def r2(y, y_hat, weighted=True):
@@ -47,7 +48,7 @@ def fvu(y, y_hat):
 
 
 def test_probe_metrics_match_sklearn(smoke_repo, reference):
-    x, x_hat, targets, predicted = reference
+    x, x_hat, targets, predicted = (a[reference[-1] :] for a in reference[:-1])
     d = x.shape[1]
     metrics = json.loads((smoke_repo / f"metrics/probes/{NAME}.json").read_text())
     e, e_lin = targets[:, :d], predicted[:, :d]
@@ -61,8 +62,24 @@ def test_probe_metrics_match_sklearn(smoke_repo, reference):
     assert 0 < metrics["nonlinear_fvu"] < metrics["sae_fvu"]
 
 
+def test_component_norm_predictability_matches_sklearn(smoke_repo, reference):
+    from sklearn.linear_model import LinearRegression
+
+    x, x_hat, targets, predicted, n_train = reference
+    d = x.shape[1]
+    e, e_lin = targets[:, :d], predicted[:, :d]
+    n = e - e_lin
+    parts = {"x_hat": x_hat, "error": e, "nonlinear_error": n, "x_hat_plus_nonlinear": x_hat + n, "linear_error": e_lin, "x": x}
+    norms = np.stack([(p**2).sum(1) for p in parts.values()], axis=1)
+    predicted_norms = LinearRegression().fit(x[:n_train], norms[:n_train]).predict(x[n_train:])
+    got = json.loads((smoke_repo / f"metrics/probes/{NAME}.json").read_text())["component_sq_norm_r2"]
+    assert list(got) == list(parts)
+    for j, name in enumerate(parts):
+        assert got[name] == pytest.approx(r2(norms[n_train:, j], predicted_norms[:, j]), abs=1e-4), name
+
+
 def test_linear_and_nonlinear_errors_are_written_and_sum_to_the_error(smoke_repo, reference):
-    x, _, targets, predicted = reference
+    x, _, targets, predicted = (a[reference[-1] :] for a in reference[:-1])
     d = x.shape[1]
     group = zarr.open_group(smoke_repo / f"artifacts/probes/{NAME}.zarr", mode="r")
     linear, nonlinear = group["linear_error"][:], group["nonlinear_error"][:]
