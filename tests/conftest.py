@@ -37,6 +37,26 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     return result
 
 
+def run_stage(module: str, args: list[str], workdir: Path, params: dict | None = None, check: bool = True):
+    """`python -m stages.<module> args` in `workdir` (params.yaml there = `params`, if given),
+    importing this repository's code."""
+    import yaml
+
+    if params is not None:
+        (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
+    return run([sys.executable, "-m", f"stages.{module}", *args], workdir, check=check, env=env)
+
+
+def params_with(repo: Path, section: str, key: str, value) -> dict:
+    """The repo's params.yaml as a dict, with section.key replaced."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    return params
+
+
 def stages_to_rerun(repo: Path, section: str, key: str, value) -> set[str]:
     """The stages `dvc repro --dry` would run after setting params.yaml's section.key = value
     (params.yaml is restored afterwards)."""

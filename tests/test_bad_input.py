@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError, DataConfig, HarvestConfig, TokensConfig, section
 from pipeline.harvest import validate
 from pipeline.text import documents
 from pipeline.tokens import token_stream_contexts
-from tests.conftest import REPO, run, subprocess_env
+from tests.conftest import REPO, params_with, run_stage
 
 
 def test_unknown_model_lists_the_known_ones():
@@ -87,19 +85,9 @@ def test_missing_text_column_names_key(tmp_path):
 
 @pytest.mark.slow
 def test_context_longer_than_model_fails_in_tokens_stage(smoke_repo, tmp_path):
-    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
-    params["tokens"]["context_length"] = 9000
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [
-        sys.executable,
-        "-m",
-        "stages.tokens",
-        "--model",
-        str(smoke_repo / "artifacts/model"),
-        "--out",
-        str(tmp_path / "t.zarr"),
-    ]
-    result = run(cmd, tmp_path, check=False, env={**subprocess_env(), "PYTHONPATH": str(REPO)})
+    params = params_with(smoke_repo, "tokens", "context_length", 9000)
+    args = ["--model", str(smoke_repo / "artifacts/model"), "--out", str(tmp_path / "t.zarr")]
+    result = run_stage("tokens", args, tmp_path, params, check=False)
     assert result.returncode == 2, result.stderr
     assert "tokens.context_length: 9000 is longer than the model's maximum of 8192 positions" in result.stderr
     assert not (tmp_path / "t.zarr").exists()

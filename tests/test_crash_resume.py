@@ -14,7 +14,7 @@ import pytest
 import yaml
 import zarr
 
-from tests.conftest import REPO, run, subprocess_env
+from tests.conftest import REPO, run_stage, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -29,28 +29,18 @@ HARVEST = {
 }
 
 
-def harvest_cmd(workdir: Path, smoke_repo: Path, out: str) -> list[str]:
+def harvest_args(workdir: Path, smoke_repo: Path, out: str) -> list[str]:
+    model, tokens = smoke_repo / "artifacts/model", smoke_repo / "artifacts/tokens.zarr"
     return [
-        sys.executable,
-        "-m",
-        "stages.harvest",
         "--model",
-        str(smoke_repo / "artifacts/model"),
+        str(model),
         "--tokens",
-        str(smoke_repo / "artifacts/tokens.zarr"),
+        str(tokens),
         "--out",
         str(workdir / out),
         "--metrics",
         str(workdir / f"{out}.json"),
     ]
-
-
-def harvest_env() -> dict[str, str]:
-    return {**subprocess_env(), "PYTHONPATH": str(REPO)}
-
-
-def run_harvest(workdir: Path, smoke_repo: Path, out: str) -> None:
-    run(harvest_cmd(workdir, smoke_repo, out), workdir, env=harvest_env())
 
 
 def committed(path: Path) -> int:
@@ -65,9 +55,9 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
     store = tmp_path / "killed" / "blocks.29.hook_resid_post.zarr"
 
     proc = subprocess.Popen(
-        harvest_cmd(tmp_path, smoke_repo, "killed"),
+        [sys.executable, "-m", "stages.harvest", *harvest_args(tmp_path, smoke_repo, "killed")],
         cwd=tmp_path,
-        env=harvest_env(),
+        env={**subprocess_env(), "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -80,12 +70,12 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
     total = zarr.open_array(store, mode="r").shape[0]
     assert 0 < rows_at_kill < total, f"the kill missed the run ({rows_at_kill} of {total} rows committed)"
 
-    run_harvest(tmp_path, smoke_repo, "killed")
+    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "killed"), tmp_path)
     resumed = json.loads((tmp_path / "killed.json").read_text())
     assert resumed["resumed_from_row"] >= rows_at_kill - HARVEST["chunk_rows"] > 0
     assert resumed["rows_computed"] == total - resumed["resumed_from_row"]
 
-    run_harvest(tmp_path, smoke_repo, "clean")
+    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "clean"), tmp_path)
     for name in ("blocks.29.hook_resid_post.zarr", "blocks.10.hook_mlp_out.zarr"):
         killed = zarr.open_array(tmp_path / "killed" / name, mode="r")
         clean = zarr.open_array(tmp_path / "clean" / name, mode="r")
@@ -97,12 +87,12 @@ def test_store_written_under_other_params_restarts(smoke_repo, tmp_path):
     """A partial store from a different config is not resumed: it is rebuilt from row 0."""
     params = {"harvest": {**HARVEST, "hooks": ["blocks.2.hook_resid_post"], "chunk_rows": 64}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run_harvest(tmp_path, smoke_repo, "acts")
+    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "acts"), tmp_path)
     store = zarr.open_array(tmp_path / "acts" / "blocks.2.hook_resid_post.zarr", mode="r+")
     store.attrs["committed_rows"] = 128  # as if killed part-way
 
     params["harvest"]["store_dtype"] = "float16"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run_harvest(tmp_path, smoke_repo, "acts")
+    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "acts"), tmp_path)
     assert json.loads((tmp_path / "acts.json").read_text())["resumed_from_row"] == 0
     assert zarr.open_array(tmp_path / "acts" / "blocks.2.hook_resid_post.zarr", mode="r").dtype == np.float16

@@ -69,7 +69,14 @@ def test_component_norm_predictability_matches_sklearn(smoke_repo, reference):
     d = x.shape[1]
     e, e_lin = targets[:, :d], predicted[:, :d]
     n = e - e_lin
-    parts = {"x_hat": x_hat, "error": e, "nonlinear_error": n, "x_hat_plus_nonlinear": x_hat + n, "linear_error": e_lin, "x": x}
+    parts = {
+        "x_hat": x_hat,
+        "error": e,
+        "nonlinear_error": n,
+        "x_hat_plus_nonlinear": x_hat + n,
+        "linear_error": e_lin,
+        "x": x,
+    }
     norms = np.stack([(p**2).sum(1) for p in parts.values()], axis=1)
     predicted_norms = LinearRegression().fit(x[:n_train], norms[:n_train]).predict(x[n_train:])
     got = json.loads((smoke_repo / f"metrics/probes/{NAME}.json").read_text())["component_sq_norm_r2"]

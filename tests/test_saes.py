@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
 import zarr
 from safetensors.numpy import load_file
 
@@ -16,7 +14,7 @@ from pipeline.activation_store import open_store
 from pipeline.config import ConfigError, Hook
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
 from pipeline.saes import build_training_sae, load_pretrained, save_sae, shuffled_batches, train_sae
-from tests.conftest import REPO, run, stages_to_rerun, subprocess_env
+from tests.conftest import REPO, params_with, run, run_stage, stages_to_rerun
 
 SMOKE_HOOK = "blocks.2.hook_resid_post"
 TINY_TRAIN = TrainSaeConfig(tokens=4096, batch_size=256, lr=2e-3, log_every=4, device="cpu")
@@ -212,19 +210,8 @@ def test_empty_or_bad_sae_lists_name_the_key():
 
 @pytest.mark.slow
 def test_empty_width_list_fails_the_dag_by_name(smoke_repo, tmp_path):
-    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
-    params["sae"]["widths"] = []
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [
-        sys.executable,
-        "-m",
-        "stages.sae_summary",
-        "--metrics-dir",
-        str(smoke_repo / "metrics/sae"),
-        "--out",
-        str(tmp_path / "s.json"),
-    ]
-    result = run(cmd, tmp_path, check=False, env={**subprocess_env(), "PYTHONPATH": str(REPO)})
+    args = ["--metrics-dir", str(smoke_repo / "metrics/sae"), "--out", str(tmp_path / "s.json")]
+    result = run_stage("sae_summary", args, tmp_path, params_with(smoke_repo, "sae", "widths", []), check=False)
     assert result.returncode == 2 and "sae.widths: the list is empty" in result.stderr
 
 
