@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -33,3 +34,14 @@ def write_json(path: Path | str, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def per_sae_arguments(description: str) -> argparse.Namespace:
+    """Command line of a stage that runs once per SAE over one hook's activation store."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--hook", required=True)
+    parser.add_argument("--activations", type=Path, required=True)
+    parser.add_argument("--sae", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    return parser.parse_args()

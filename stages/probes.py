@@ -1,25 +1,17 @@
 """DVC stage `probes` (one per SAE): linear error, nonlinear error and error-norm probes (test R^2)."""
 
-import argparse
 from dataclasses import asdict
-from pathlib import Path
 
 from pipeline.activation_store import open_store
 from pipeline.config import load_params, section
 from pipeline.harvest import store_path
 from pipeline.probes import ProbesConfig, fit_component_norm_probes, fit_error_probes, score_error_probes
 from pipeline.saes import check_sae_fits, load_sae
-from stages.common import stage, write_json
+from stages.common import per_sae_arguments, stage, write_json
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hook", required=True)
-    parser.add_argument("--activations", type=Path, required=True)
-    parser.add_argument("--sae", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
+    args = per_sae_arguments(__doc__)
     store = store_path(args.activations, args.hook)
     with stage("probes", reads=["params.yaml:probes", str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
         cfg = section(load_params(), "probes", ProbesConfig)

@@ -1,23 +1,15 @@
 """DVC stage `sae_outputs` (one per SAE): per-token reconstructions, errors and latents on test tokens."""
 
-import argparse
-from pathlib import Path
 
 from pipeline.activation_store import open_store
 from pipeline.harvest import store_path
 from pipeline.sae_outputs import write_sae_outputs
 from pipeline.saes import check_sae_fits, load_sae
-from stages.common import stage, write_json
+from stages.common import per_sae_arguments, stage, write_json
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hook", required=True)
-    parser.add_argument("--activations", type=Path, required=True)
-    parser.add_argument("--sae", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    args = parser.parse_args()
+    args = per_sae_arguments(__doc__)
     store = store_path(args.activations, args.hook)
     with stage("sae_outputs", reads=[str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
         acts = open_store(store)

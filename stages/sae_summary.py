@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from pipeline.config import load_params, section
-from pipeline.sae_config import SaeSetConfig
+from pipeline.sae_config import SaeSetConfig, sae_name
 from stages.common import stage, write_json
 
 
@@ -19,7 +19,7 @@ def main() -> None:
         table = {}
         for hook in cfg.parsed_hooks():
             for width in cfg.widths:
-                name = f"{hook.name}-{width}"
+                name = sae_name(hook.name, width)
                 metrics = json.loads((args.metrics_dir / f"{name}.json").read_text())
                 table[name] = {"hook": hook.name, "site": hook.site, "layer": hook.layer, "width": width, **metrics}
         write_json(args.out, {"saes": table})
