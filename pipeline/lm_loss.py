@@ -1,6 +1,7 @@
-"""The LM's own per-token loss on the held-out tokens (a baseline feature for error-norm probes).
+"""The LM's own per-token loss on every scored token (a baseline feature for error-norm probes).
 
-For test row i (a token at position p of its context):
+Row-aligned with the activation stores (train rows first, then test rows). For row i (a token
+at position p of its context):
 - `loss_current[i]` = -log P(token_p | tokens_<p): how surprising the token itself was;
 - `loss_next[i]`    = -log P(token_p+1 | tokens_<=p): the loss of the prediction made at p
   (NaN at a context's last position, which has no next token).
@@ -33,9 +34,8 @@ def token_losses(model, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def write_lm_loss(model_dir: Path, token_store: Path, out: Path, batch_size: int, device: str, progress: bool = True) -> None:
     tokens = TokenStore.open(token_store)
     model = load_model(model_dir, "float32", device)
-    first = tokens.n_train_contexts
     current, following = [], []
-    for start in tqdm(range(first, tokens.n_contexts, batch_size), desc="lm_loss", disable=not progress):
+    for start in tqdm(range(0, tokens.n_contexts, batch_size), desc="lm_loss", disable=not progress):
         stop = min(start + batch_size, tokens.n_contexts)
         ids = torch.from_numpy(tokens.contexts[start:stop]).long().to(device)
         cur, nxt = token_losses(model, ids)
@@ -49,6 +49,6 @@ def write_lm_loss(model_dir: Path, token_store: Path, out: Path, batch_size: int
     for name, parts in (("loss_current", current), ("loss_next", following)):
         values = np.concatenate(parts).astype(np.float32)
         group.create_array(name, data=values, chunks=(max(1, len(values)),))
-    group.attrs.update({"token_store_hash": tokens.content_hash, "first_store_row": tokens.n_train_rows, "n_test_rows": tokens.n_rows - tokens.n_train_rows})
+    group.attrs.update({"token_store_hash": tokens.content_hash, "n_rows": tokens.n_rows, "n_train_rows": tokens.n_train_rows})
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -56,13 +56,16 @@ class NormalEquations:
         self.sy += yc.sum(0)
         self.n += len(xc)
 
-    def solve(self, ridge: float = 0.0) -> LinearFit:
+    def solve(self, ridge: float = 0.0, columns: np.ndarray | None = None) -> LinearFit:
+        """The fit on all input columns, or on the subset `columns` (the sums of any subset are
+        sub-blocks of the full ones: one pass serves every subset)."""
         if self.n == 0:
             raise ValueError("no rows were accumulated")
-        xx, xy = torch.from_numpy(self.xx), torch.from_numpy(self.xy)
-        shift_x, shift_y = torch.from_numpy(self.shift_x), torch.from_numpy(self.shift_y)
+        cols = np.arange(len(self.xx)) if columns is None else np.asarray(columns)
+        xx, xy = torch.from_numpy(self.xx[np.ix_(cols, cols)]), torch.from_numpy(self.xy[cols])
+        shift_x, shift_y = torch.from_numpy(self.shift_x[cols]), torch.from_numpy(self.shift_y)
         if self.bias:
-            mx, my = torch.from_numpy(self.sx) / self.n, torch.from_numpy(self.sy) / self.n
+            mx, my = torch.from_numpy(self.sx[cols]) / self.n, torch.from_numpy(self.sy) / self.n
             xx = xx - self.n * torch.outer(mx, mx)
             xy = xy - self.n * torch.outer(mx, my)
         if ridge:

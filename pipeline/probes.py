@@ -2,7 +2,8 @@
 
 Fit on train tokens, in one streaming pass, the map x -> [e, ||e||^2, ||e||] (e = x - SAE(x)),
 then in a second pass over the test tokens score it and write the linear error e_hat = x W + b
-and the nonlinear error n = e - e_hat.
+and the nonlinear error n = e - e_hat (and W, b, for stages that need e_hat on train tokens).
+The norm baselines of `pipeline.norm_baselines` are fitted and scored in the same passes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from pipeline.activation_store import iter_row_blocks
 from pipeline.config import ConfigError
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
+from pipeline.norm_baselines import BaselineScores, NormBaselines, RowFeatures
 from pipeline.sae_outputs import encode_decode
 
 
@@ -59,6 +61,10 @@ class ProbeMetrics:
     """(sae_fvu - nonlinear_fvu) / sae_fvu: share of the SAE's FVU that the linear error accounts for."""
     component_sq_norm_r2: dict[str, float]
     """Test R^2 of a linear probe (with bias) from x to the squared norm of each component."""
+    error_sq_norm_baseline_r2: dict[str, float]
+    """Test R^2 of each baseline (`pipeline.norm_baselines`) predicting ||e||^2."""
+    error_norm_baseline_r2: dict[str, float]
+    """The same for ||e||."""
 
 
 COMPONENTS = ("x_hat", "error", "nonlinear_error", "x_hat_plus_nonlinear", "linear_error", "x")
@@ -72,12 +78,18 @@ def component_sq_norms(x: np.ndarray, x_hat: np.ndarray, err: np.ndarray, linear
     return np.stack([np.einsum("ij,ij->i", p, p) for p in (np.asarray(q, dtype=np.float64) for q in parts)], axis=1)
 
 
-def reconstruct(sae: SAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x_hat, e) as float32 numpy, computed exactly as sae_outputs does."""
+def reconstruct(sae: SAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x_hat, e, L0) as numpy (float32, float32, int), computed exactly as sae_outputs does."""
     x = np.asarray(x, dtype=np.float32)
-    _, x_hat = encode_decode(sae, torch.from_numpy(x).to(sae.device))
+    latents, x_hat = encode_decode(sae, torch.from_numpy(x).to(sae.device))
     x_hat = x_hat.float().cpu().numpy()
-    return x_hat, x - x_hat
+    return x_hat, x - x_hat, (latents != 0).sum(-1).cpu().numpy()
+
+
+def _baseline_inputs(rows: RowFeatures, first: int, x: np.ndarray, l0: np.ndarray) -> tuple[np.ndarray, dict]:
+    token_ids, features = rows.block(first, first + len(x))
+    features.update(sae_l0=l0, x_norm=np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1))
+    return token_ids, features
 
 
 def _targets(err: np.ndarray) -> np.ndarray:
@@ -85,14 +97,20 @@ def _targets(err: np.ndarray) -> np.ndarray:
     return np.hstack([err.astype(np.float64), sq, np.sqrt(sq)])
 
 
-def fit_error_probes(sae: SAE, acts: zarr.Array, n_train: int, cfg: ProbesConfig, progress: bool = True) -> LinearFit:
-    """One pass over the train rows: the joint fit of e, ||e||^2 and ||e|| on x."""
-    equations = NormalEquations(bias=cfg.bias)
+def fit_error_probes(
+    sae: SAE, acts: zarr.Array, n_train: int, rows: RowFeatures, cfg: ProbesConfig, progress: bool = True
+) -> tuple[LinearFit, NormBaselines]:
+    """One pass over the train rows: the joint fit of e, ||e||^2 and ||e|| on x, and the norm baselines."""
+    d = acts.shape[1]
+    equations, baselines = NormalEquations(bias=cfg.bias), NormBaselines()
     blocks = iter_row_blocks(acts, 0, n_train, rows=cfg.block_rows)
-    for _, x in tqdm(blocks, total=-(-n_train // cfg.block_rows), desc="probes: fit", disable=not progress):
-        _, err = reconstruct(sae, x)
-        equations.update(x, _targets(err))
-    return equations.solve(cfg.ridge)
+    for first, x in tqdm(blocks, total=-(-n_train // cfg.block_rows), desc="probes: fit", disable=not progress):
+        _, err, l0 = reconstruct(sae, x)
+        targets = _targets(err)
+        equations.update(x, targets)
+        baselines.update(*_baseline_inputs(rows, first, x, l0), targets[:, d:])
+    baselines.solve()
+    return equations.solve(cfg.ridge), baselines
 
 
 def fit_component_norm_probes(
@@ -103,7 +121,7 @@ def fit_component_norm_probes(
     equations = NormalEquations(bias=True)
     blocks = iter_row_blocks(acts, 0, n_train, rows=cfg.block_rows)
     for _, x in tqdm(blocks, total=-(-n_train // cfg.block_rows), desc="probes: norms", disable=not progress):
-        x_hat, err = reconstruct(sae, x)
+        x_hat, err, _ = reconstruct(sae, x)
         equations.update(x, component_sq_norms(x, x_hat, err, fit.predict(x)[:, :d]))
     return equations.solve(cfg.ridge)
 
@@ -114,11 +132,14 @@ def score_error_probes(
     n_train: int,
     fit: LinearFit,
     norms_fit: LinearFit,
+    rows: RowFeatures,
+    baselines: NormBaselines,
     out: Path,
     cfg: ProbesConfig,
     progress: bool = True,
 ) -> ProbeMetrics:
-    """One pass over the test rows: score the probes, write e_hat and n to the Zarr group `out`."""
+    """One pass over the test rows: score the probes and baselines, write e_hat, n and the probe's W, b
+    (`probe_weight`, `probe_bias`) to the Zarr group `out`."""
     d = acts.shape[1]
     n_test = acts.shape[0] - n_train
     out = Path(out)
@@ -128,9 +149,10 @@ def score_error_probes(
     arrays = {name: group.create_array(name, shape=(n_test, d), chunks=(acts.chunks[0], d), dtype="float32") for name in ("linear_error", "nonlinear_error")}
     error, sq_norm, norm, sae_recon, with_linear = (FitScore() for _ in range(5))
     component_scores = {name: FitScore() for name in COMPONENTS}
+    baseline_scores = BaselineScores()
     blocks = iter_row_blocks(acts, n_train, rows=cfg.block_rows)
     for first, x in tqdm(blocks, total=-(-n_test // cfg.block_rows), desc="probes: score", disable=not progress):
-        x_hat, err = reconstruct(sae, x)
+        x_hat, err, l0 = reconstruct(sae, x)
         pred = fit.predict(x)
         linear, (pred_sq, pred_norm) = pred[:, :d], pred[:, d:].T
         target = _targets(err)
@@ -142,9 +164,10 @@ def score_error_probes(
         norms, predicted_norms = component_sq_norms(x, x_hat, err, linear), norms_fit.predict(x)
         for j, name in enumerate(COMPONENTS):
             component_scores[name].update(norms[:, j], predicted_norms[:, j])
-        rows = slice(first - n_train, first - n_train + len(x))
-        arrays["linear_error"][rows] = linear.astype(np.float32)
-        arrays["nonlinear_error"][rows] = (err - linear).astype(np.float32)
+        baseline_scores.update(target[:, d:], baselines.predict(*_baseline_inputs(rows, first, x, l0)))
+        written = slice(first - n_train, first - n_train + len(x))
+        arrays["linear_error"][written] = linear.astype(np.float32)
+        arrays["nonlinear_error"][written] = (err - linear).astype(np.float32)
     metrics = ProbeMetrics(
         error_vector_r2=error.r2,
         error_vector_r2_dims=error.r2_dims,
@@ -154,7 +177,11 @@ def score_error_probes(
         nonlinear_fvu=with_linear.fvu,
         linear_share=(sae_recon.fvu - with_linear.fvu) / sae_recon.fvu,
         component_sq_norm_r2={name: score.r2 for name, score in component_scores.items()},
+        error_sq_norm_baseline_r2=baseline_scores.r2(0),
+        error_norm_baseline_r2=baseline_scores.r2(1),
     )
+    group.create_array("probe_weight", data=fit.W[:, :d].astype(np.float64), chunks=(d, d))
+    group.create_array("probe_bias", data=fit.b[:d].astype(np.float64), chunks=(d,))
     group.attrs.update({"first_store_row": n_train, "n_test_rows": n_test, "probes": asdict(cfg), "metrics": asdict(metrics)})
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

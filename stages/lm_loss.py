@@ -1,4 +1,4 @@
-"""DVC stage `lm_loss`: the LM's per-token loss on the test tokens (row-aligned with sae_outputs)."""
+"""DVC stage `lm_loss`: the LM's per-token loss on every scored token (row-aligned with the activation stores)."""
 
 import argparse
 from pathlib import Path

@@ -1,27 +1,31 @@
 """DVC stage `probes` (one per SAE): linear error, nonlinear error and error-norm probes (test R^2)."""
 
 from dataclasses import asdict
+from pathlib import Path
 
 from pipeline.activation_store import open_store
 from pipeline.config import load_params, section
 from pipeline.harvest import store_path
+from pipeline.norm_baselines import RowFeatures
 from pipeline.probes import ProbesConfig, fit_component_norm_probes, fit_error_probes, score_error_probes
 from pipeline.saes import check_sae_fits, load_sae
 from stages.common import per_sae_arguments, stage, write_json
 
 
 def main() -> None:
-    args = per_sae_arguments(__doc__)
+    args = per_sae_arguments(__doc__, extra=(("--tokens", Path), ("--lm-loss", Path)))
     store = store_path(args.activations, args.hook)
-    with stage("probes", reads=["params.yaml:probes", str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
+    reads = ["params.yaml:probes", str(store), str(args.sae), str(args.tokens), str(args.lm_loss)]
+    with stage("probes", reads=reads, writes=[str(args.out), str(args.metrics)]):
         cfg = section(load_params(), "probes", ProbesConfig)
         acts = open_store(store)
         sae = load_sae(args.sae)
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         n_train = int(acts.attrs["n_train_rows"])
-        fit = fit_error_probes(sae, acts, n_train, cfg)
+        rows = RowFeatures.open(args.tokens, args.lm_loss, acts.shape[0])
+        fit, baselines = fit_error_probes(sae, acts, n_train, rows, cfg)
         norms_fit = fit_component_norm_probes(sae, acts, n_train, fit, cfg)
-        metrics = score_error_probes(sae, acts, n_train, fit, norms_fit, args.out, cfg)
+        metrics = score_error_probes(sae, acts, n_train, fit, norms_fit, rows, baselines, args.out, cfg)
         write_json(args.metrics, asdict(metrics))
         print(f"probes {args.sae.name}: error R2 {metrics.error_vector_r2:.3f} (dims {metrics.error_vector_r2_dims:.3f}), "
               f"norm R2 {metrics.error_norm_r2:.3f}, FVU {metrics.sae_fvu:.4f} -> nonlinear {metrics.nonlinear_fvu:.4f}")

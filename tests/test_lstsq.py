@@ -107,3 +107,18 @@ def test_scoring_on_training_rows_inflates_r2():
     fit = fit_in_blocks(x[:200], e[:200])
     train, test = score_in_blocks(fit, x[:200], e[:200]), score_in_blocks(fit, x[200:], e[200:])
     assert train.r2 > test.r2 + 0.1
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_column_subset_equals_a_fit_on_those_columns_alone(bias):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 12)) + 2.0
+    y = x[:, :5] @ rng.normal(size=(5, 3)) + rng.normal(size=(3000, 3)) + 1.0
+    full, alone = NormalEquations(bias=bias), NormalEquations(bias=bias)
+    columns = np.array([7, 1, 4])
+    for part in np.array_split(np.arange(3000), 4):
+        full.update(x[part], y[part])
+        alone.update(x[part][:, columns], y[part])
+    subset, direct = full.solve(columns=columns), alone.solve()
+    np.testing.assert_allclose(subset.W, direct.W, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(subset.b, direct.b, rtol=1e-8, atol=1e-10)

@@ -1,0 +1,146 @@
+"""How an SAE's error scales with its width (SPEC experiments 4, 5 and 6), per hook.
+
+- `fit_power_law`: FVU(W) = c + a W^-m with c, a, m >= 0; c is the error no width removes.
+- `error_bands`: split each width's FVU into the nonlinear error, the linear error that
+  persists at the asymptote, and the part above the asymptote (features not yet learned).
+- `per_token_scaling`: does a token's error at a small width predict its error at a larger
+  one, and how much does its nonlinear error add?
+- `latent_vs_probe`: the direction a* of a linear probe for ||x_hat - b_dec||^2 against each
+  latent's mean activation (fitted on train rows, scored on test rows).
+
+The per-token regressions are fitted on the test rows before `split` (the first half of the
+test contexts) and scored on the rest: the per-token arrays they use exist for test tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zarr
+from sae_lens import SAE
+from scipy.optimize import curve_fit
+from scipy.stats import pearsonr, spearmanr
+
+from pipeline.activation_store import iter_row_blocks
+from pipeline.lstsq import FitScore, NormalEquations
+from pipeline.sae_outputs import encode_decode
+
+
+@dataclass
+class ScalingConfig:
+    """The `scaling` section."""
+
+    min_widths_for_fit: int = 3
+    """The power law has three parameters: hooks with fewer SAE widths get no fit."""
+    smoothing_latents: int = 50
+    """Window (in latents, sorted by mean activation) of the running mean in the latent-vs-probe figure."""
+    block_rows: int = 4096
+    """Rows per streamed block."""
+
+
+@dataclass
+class PowerLaw:
+    c: float
+    a: float
+    m: float
+
+    def __call__(self, width) -> np.ndarray:
+        return self.c + self.a * np.asarray(width, dtype=np.float64) ** -self.m
+
+
+def fit_power_law(widths, fvu) -> PowerLaw:
+    """Least-squares fit of FVU(W) = c + a W^-m with all three parameters bounded to [0, inf)."""
+    w, y = np.asarray(widths, dtype=np.float64), np.asarray(fvu, dtype=np.float64)
+    if len(w) < 3:
+        raise ValueError(f"a three-parameter power law needs at least 3 widths, got {len(w)}")
+
+    def model(width, c, a, m):
+        return c + a * (width / w.min()) ** -m  # scaled width: a stays near the FVU scale
+
+    p0 = (0.5 * y.min(), max(y.max() - 0.5 * y.min(), 1e-6), 0.5)
+    (c, a, m), _ = curve_fit(
+        model, w, y, p0=p0, bounds=([0, 0, 0], [np.inf, np.inf, np.inf]), maxfev=20000, ftol=1e-14, xtol=1e-14, gtol=1e-14
+    )
+    return PowerLaw(c=float(c), a=float(a * w.min() ** m), m=float(m))
+
+
+BANDS = ("nonlinear", "linear_persistent", "above_asymptote")
+
+
+def error_bands(fvu: np.ndarray, nonlinear_fvu: np.ndarray, asymptote: float) -> dict[str, np.ndarray]:
+    """Per width, bands that stack to the SAE's FVU exactly:
+    nonlinear FVU; the rest of the asymptote c (linear error that persists); what is above c."""
+    fvu, nonlinear = np.asarray(fvu, dtype=np.float64), np.asarray(nonlinear_fvu, dtype=np.float64)
+    above = np.clip(fvu - np.maximum(asymptote, nonlinear), 0, None)
+    return {"nonlinear": nonlinear, "linear_persistent": fvu - nonlinear - above, "above_asymptote": above}
+
+
+def _r2_split(features: list[np.ndarray], target: np.ndarray, split: int) -> float:
+    x = np.stack(features, axis=1)
+    equations = NormalEquations(bias=True)
+    equations.update(x[:split], target[:split])
+    score = FitScore()
+    score.update(target[split:], equations.solve().predict(x[split:])[:, 0])
+    return score.r2
+
+
+def per_token_scaling(error_norms: list[np.ndarray], nonlinear_norms: list[np.ndarray], split: int):
+    """For widths i < j (lists ordered by width): R^2 of ||e_j|| ~ [||e_i||, 1], and the share of
+    the remaining variance explained once ||n_i|| is added, (R^2_new - R^2) / (1 - R^2).
+    Two (k, k) matrices, NaN where i >= j."""
+    k = len(error_norms)
+    r2, gain = np.full((k, k), np.nan), np.full((k, k), np.nan)
+    for i in range(k):
+        for j in range(i + 1, k):
+            base = _r2_split([error_norms[i]], error_norms[j], split)
+            new = _r2_split([error_norms[i], nonlinear_norms[i]], error_norms[j], split)
+            r2[i, j], gain[i, j] = base, (new - base) / (1 - base)
+    return r2, gain
+
+
+@dataclass
+class LatentProbe:
+    norm_probe_r2: float
+    """Test R^2 of the linear probe of ||x_hat - b_dec||^2 from x_hat - b_dec."""
+    pearson: float
+    """Correlation, over latents that fired, of a* . W_dec[i] with latent i's mean activation when active."""
+    spearman: float
+    projection: np.ndarray
+    """(d_sae,) a* . W_dec[i]."""
+    mean_activation: np.ndarray
+    """(d_sae,) mean activation when active; NaN for latents that never fired."""
+
+
+def latent_vs_probe(sae: SAE, acts: zarr.Array, n_train: int, outputs: zarr.Group, block_rows: int) -> LatentProbe:
+    """SPEC 6 for one SAE: the probe and the latents' mean activations from the train rows
+    (encoded here), the probe scored on the test rows' stored x_hat (`sae_outputs` group)."""
+    b_dec = sae.b_dec.detach().cpu().double().numpy()
+    decoder = sae.W_dec.detach().cpu().double().numpy()
+    d_sae = decoder.shape[0]
+    equations, score = NormalEquations(bias=True), FitScore()
+    total, count = np.zeros(d_sae), np.zeros(d_sae)
+    for _, x in iter_row_blocks(acts, 0, n_train, rows=block_rows):
+        latents, x_hat = encode_decode(sae, torch.from_numpy(np.asarray(x, dtype=np.float32)).to(sae.device))
+        centred = x_hat.double().cpu().numpy() - b_dec
+        equations.update(centred, np.einsum("ij,ij->i", centred, centred))
+        latents = latents.cpu().double().numpy()
+        total += latents.sum(0)
+        count += (latents != 0).sum(0)
+    probe = equations.solve()
+    for _, x_hat in iter_row_blocks(outputs["x_hat"], rows=block_rows):
+        centred = np.asarray(x_hat, dtype=np.float64) - b_dec
+        score.update(np.einsum("ij,ij->i", centred, centred), probe.predict(centred)[:, 0])
+
+    fired = count > 0
+    mean_activation = np.full(d_sae, np.nan)
+    mean_activation[fired] = total[fired] / count[fired]
+    projection = decoder @ probe.W[:, 0]
+    return LatentProbe(
+        norm_probe_r2=score.r2,
+        pearson=float(pearsonr(projection[fired], mean_activation[fired]).statistic),
+        spearman=float(spearmanr(projection[fired], mean_activation[fired]).statistic),
+        projection=projection,
+        mean_activation=mean_activation,
+    )

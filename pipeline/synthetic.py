@@ -1,0 +1,131 @@
+"""SPEC experiment 7: a synthetic activation model where the sources of SAE error are planted.
+
+From real activations, x_clean = SAE(acts) is exactly sparse in the SAE's dictionary. Then
+- the observed activation is x' = x_clean + sigma_a * s * g_a (dense noise no dictionary holds),
+- the "reconstruction" is R = decode(encode(x_clean) * mask) + sigma_r * s * g_r, where the mask
+  drops the lowest-activating fraction of latents (features not learned) and g_r is error the
+  SAE introduces itself,
+with g_a, g_r ~ N(0, I) and s = sqrt(mean per-dimension variance of acts): sigma_a and sigma_r
+are in units of the activations' per-dimension standard deviation.
+
+The error x' - R is regressed linearly on x' (train rows); on test rows we report FVU(x', R)
+and FVU(x', R + x'W + b). The paper's claim: the linear part tracks the activation noise and
+the nonlinear part the introduced noise.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sae_lens import SAE
+
+from pipeline.config import ConfigError
+from pipeline.lstsq import FitScore, NormalEquations
+from pipeline.sae_outputs import encode_decode
+
+
+@dataclass
+class SyntheticConfig:
+    """The `synthetic` section."""
+
+    hook: str = "blocks.15.hook_resid_post"
+    """Whose activations and SAE (of `width`) build the synthetic model."""
+    width: int = 2304
+    train_rows: int = 20000
+    """Rows taken from the start of the train split (fit of the linear map)."""
+    test_rows: int = 8000
+    """Rows taken from the start of the test split (all reported FVUs)."""
+    activation_noise: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    """sigma_a values, in units of the activations' per-dimension standard deviation."""
+    introduced_noise: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    """sigma_r values, same units."""
+    masked_fraction: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
+    """Shares of latents (lowest mean activation first) dropped from the reconstruction."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("activation_noise", "introduced_noise", "masked_fraction"):
+            values = getattr(self, key)
+            if not values:
+                raise ConfigError(f"synthetic.{key}: the list is empty")
+            if any(v < 0 for v in values) or (key == "masked_fraction" and any(v >= 1 for v in values)):
+                raise ConfigError(f"synthetic.{key}: values must be >= 0" + (" and < 1" if key == "masked_fraction" else "") + f", got {values}")
+        if self.train_rows < 1 or self.test_rows < 1:
+            raise ConfigError(f"synthetic.train_rows / test_rows: must be >= 1, got {self.train_rows} / {self.test_rows}")
+
+
+@dataclass
+class GridPoint:
+    activation_noise: float
+    introduced_noise: float
+    masked_fraction: float
+    fvu: float
+    """FVU(x', R): the synthetic SAE's error."""
+    nonlinear_fvu: float
+    """FVU(x', R + x'W + b): what the linear map from x' cannot predict."""
+
+    @property
+    def linear_fvu(self) -> float:
+        """The part of the FVU that the linear map removes."""
+        return self.fvu - self.nonlinear_fvu
+
+
+@torch.no_grad()
+def latent_order(sae: SAE, x_clean: torch.Tensor) -> torch.Tensor:
+    """Latent indices from lowest to highest mean activation (zeros included) on x_clean."""
+    latents, _ = encode_decode(sae, x_clean)
+    return torch.argsort(latents.mean(0))
+
+
+@torch.no_grad()
+def run_grid(sae: SAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: SyntheticConfig) -> list[GridPoint]:
+    """Every (sigma_a, sigma_r, masked fraction) of the config, on the given real activations."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    acts = {name: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(sae.device) for name, a in (("train", train_acts), ("test", test_acts))}
+    scale = float(acts["train"].double().var(0).mean().sqrt())
+    clean = {name: encode_decode(sae, a)[1] for name, a in acts.items()}
+    latents = {name: encode_decode(sae, c)[0] for name, c in clean.items()}
+    order = latent_order(sae, clean["train"])
+    noise = {  # one draw per split and kind, scaled per grid point: grid points differ only by the planted sizes
+        (name, kind): torch.randn(c.shape, generator=generator).to(c.device) for name, c in clean.items() for kind in ("a", "r")
+    }
+    points = []
+    for masked in cfg.masked_fraction:
+        mask = torch.ones(sae.cfg.d_sae, device=sae.device)
+        mask[order[: int(round(masked * sae.cfg.d_sae))]] = 0
+        decoded = {name: sae.decode(f * mask) for name, f in latents.items()}
+        for sigma_a, sigma_r in itertools.product(cfg.activation_noise, cfg.introduced_noise):
+            observed = {name: clean[name] + sigma_a * scale * noise[name, "a"] for name in clean}
+            recon = {name: decoded[name] + sigma_r * scale * noise[name, "r"] for name in clean}
+            equations = NormalEquations(bias=True)
+            equations.update(observed["train"].cpu().numpy(), (observed["train"] - recon["train"]).cpu().numpy())
+            linear = equations.solve().predict(observed["test"].cpu().numpy())
+            x, r = observed["test"].double().cpu().numpy(), recon["test"].double().cpu().numpy()
+            sae_score, nonlinear_score = FitScore(), FitScore()
+            sae_score.update(x, r)
+            nonlinear_score.update(x, r + linear)
+            points.append(GridPoint(sigma_a, sigma_r, masked, sae_score.fvu, nonlinear_score.fvu))
+    return points
+
+
+def correlations(points: list[GridPoint]) -> dict[str, float]:
+    """Pearson correlations over the grid: each error part against each planted noise size
+    (NaN when a grid axis has a single value)."""
+
+    def corr(a, b):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+
+    linear = [p.linear_fvu for p in points]
+    nonlinear = [p.nonlinear_fvu for p in points]
+    sigma_a = [p.activation_noise for p in points]
+    sigma_r = [p.introduced_noise for p in points]
+    return {
+        "linear_vs_activation_noise": corr(linear, sigma_a),
+        "linear_vs_introduced_noise": corr(linear, sigma_r),
+        "nonlinear_vs_activation_noise": corr(nonlinear, sigma_a),
+        "nonlinear_vs_introduced_noise": corr(nonlinear, sigma_r),
+    }

@@ -1,0 +1,36 @@
+"""DVC stage `earlier_components` (SPEC 11): test R^2 of predicting the target SAE's e, e_hat and n
+from the SAE outputs, activations and errors of earlier components."""
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import load_params, section
+from pipeline.earlier_components import TARGETS, EarlierComponentsConfig, fit_and_score, open_inputs
+from pipeline.plots import grouped_bars
+from pipeline.sae_config import SaeSetConfig
+from stages.common import stage, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for option in ("--activations", "--saes", "--probes", "--metrics", "--figure"):
+        parser.add_argument(option, type=Path, required=True)
+    args = parser.parse_args()
+    reads = ["params.yaml:earlier_components,sae.hooks,sae.widths", str(args.activations), str(args.saes), str(args.probes)]
+    with stage("earlier_components", reads=reads, writes=[str(args.metrics), str(args.figure)]):
+        params = load_params()
+        cfg = section(params, "earlier_components", EarlierComponentsConfig)
+        sae_set = section(params, "sae", SaeSetConfig)
+        cfg.check_against(sae_set.hooks, sae_set.widths)
+        saes, stores, target_role, weight, bias = open_inputs(cfg, args.activations, args.saes, args.probes)
+        n_train = int(stores[target_role].attrs["n_train_rows"])
+        r2 = fit_and_score(saes, stores, target_role, weight, bias, n_train, cfg)
+        write_json(args.metrics, r2)
+        title = f"Predicting the error of the {cfg.target} SAE (width {cfg.width}) from earlier components"
+        grouped_bars(r2, title, "test R² (1 - FVU)", args.figure)
+        for name, values in r2.items():
+            print(f"{name:40s} " + "  ".join(f"{t} {values[t]:+.3f}" for t in TARGETS))
+
+
+if __name__ == "__main__":
+    main()

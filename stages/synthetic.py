@@ -1,0 +1,76 @@
+"""DVC stage `synthetic` (SPEC 7): the synthetic activation model over its grid of planted noise
+sizes and masked latents: FVU table, correlations, figure."""
+
+import argparse
+import csv
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.activation_store import open_store
+from pipeline.config import ConfigError, load_params, section
+from pipeline.harvest import store_path
+from pipeline.plots import heatmap, new_figure, save
+from pipeline.sae_config import SaeSetConfig, sae_name
+from pipeline.saes import check_sae_fits, load_sae
+from pipeline.synthetic import SyntheticConfig, correlations, run_grid
+from stages.common import stage, write_json
+
+
+def draw(points, cfg: SyntheticConfig, path: Path) -> Path:
+    by_key = {(p.activation_noise, p.introduced_noise, p.masked_fraction): p for p in points}
+    unmasked = min(cfg.masked_fraction)
+    fig, axes = new_figure(14, 4.2, ncols=3)
+    for ax, (title, value) in zip(axes[:2], (("linear part: FVU(R) − FVU(R + ê)", "linear_fvu"), ("nonlinear FVU: FVU(R + ê)", "nonlinear_fvu"))):
+        grid = np.array([[getattr(by_key[a, r, unmasked], value) for r in cfg.introduced_noise] for a in cfg.activation_noise])
+        heatmap(grid, cfg.activation_noise, cfg.introduced_noise, f"{title}, {unmasked:.0%} masked",
+                "introduced noise σ_r (× per-dim std of x)", "activation noise σ_a (× per-dim std of x)", "FVU", ax=ax)
+    a0, r0 = min(cfg.activation_noise), min(cfg.introduced_noise)
+    fractions = sorted(cfg.masked_fraction)
+    ax = axes[2]
+    ax.plot(fractions, [by_key[a0, r0, m].fvu for m in fractions], "o-", label="FVU(R)")
+    ax.plot(fractions, [by_key[a0, r0, m].nonlinear_fvu for m in fractions], "s-", label="nonlinear FVU")
+    ax.set_xlabel("share of latents masked (lowest mean activation)")
+    ax.set_ylabel("FVU (test rows)")
+    ax.set_title(f"unlearned features, σ_a={a0}, σ_r={r0}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"Synthetic activations from the {cfg.hook} SAE (width {cfg.width})", fontsize=10)
+    return save(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for option in ("--activations", "--saes", "--metrics", "--table", "--figure"):
+        parser.add_argument(option, type=Path, required=True)
+    args = parser.parse_args()
+    reads = ["params.yaml:synthetic,sae.hooks,sae.widths", str(args.activations), str(args.saes)]
+    with stage("synthetic", reads=reads, writes=[str(args.metrics), str(args.table), str(args.figure)]):
+        params = load_params()
+        cfg = section(params, "synthetic", SyntheticConfig)
+        sae_set = section(params, "sae", SaeSetConfig)
+        if cfg.hook not in sae_set.hooks or cfg.width not in sae_set.widths:
+            raise ConfigError(f"synthetic.hook / synthetic.width: no SAE {sae_name(cfg.hook, cfg.width)} "
+                              f"(sae.hooks {sae_set.hooks}, sae.widths {sae_set.widths})")
+        acts = open_store(store_path(args.activations, cfg.hook))
+        sae = load_sae(args.saes / sae_name(cfg.hook, cfg.width))
+        check_sae_fits(sae, acts.shape[1], cfg.width, str(args.saes / sae_name(cfg.hook, cfg.width)))
+        n_train = int(acts.attrs["n_train_rows"])
+        train = acts[: min(cfg.train_rows, n_train)]
+        test = acts[n_train : n_train + cfg.test_rows]
+        points = run_grid(sae, train, test, cfg)
+
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.table, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*asdict(points[0]), "linear_fvu"])
+            writer.writeheader()
+            for p in points:
+                writer.writerow({**asdict(p), "linear_fvu": p.linear_fvu})
+        corr = correlations(points)
+        write_json(args.metrics, {**corr, "train_rows": len(train), "test_rows": len(test)})
+        draw(points, cfg, args.figure)
+        print("synthetic: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr.items()))
+
+
+if __name__ == "__main__":
+    main()

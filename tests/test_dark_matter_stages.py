@@ -1,0 +1,127 @@
+"""The `earlier_components`, `scaling` and `synthetic` stages on the smoke DAG, checked against
+independent computations (sklearn / numpy on the stored arrays)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline.activation_store import open_store
+from pipeline.saes import load_sae
+from tests.conftest import params_with, run_stage, stages_to_rerun
+
+pytestmark = pytest.mark.slow
+
+TARGET, WIDTH = "blocks.2.hook_resid_post", 512
+
+
+def metrics(repo, name):
+    return json.loads((repo / "metrics" / name).read_text())
+
+
+def r2(y, y_hat):
+    from sklearn.metrics import r2_score
+
+    return r2_score(y, y_hat, multioutput="variance_weighted")
+
+
+def reconstruction(repo, hook):
+    x = open_store(repo / f"artifacts/activations/{hook}.zarr")[:]
+    with torch.no_grad():
+        x_hat = load_sae(repo / f"artifacts/saes/{hook}-{WIDTH}")(torch.from_numpy(x)).numpy()
+    return x.astype(np.float64), x_hat.astype(np.float64)
+
+
+def test_earlier_components_same_site_sanity(smoke_repo):
+    got = metrics(smoke_repo, "earlier_components.json")
+    assert got["same_site.activation"]["linear_error"] == pytest.approx(1.0, abs=1e-6)  # e_hat is linear in x
+    assert got["same_site.activation"]["nonlinear_error"] < 0.01  # n is what x cannot predict
+    assert got["same_site.error"]["error"] == pytest.approx(1.0, abs=1e-6)
+    assert set(got) >= {f"{role}.{kind}" for role in ("same_site", "previous_resid", "mlp_out", "attn_z") for kind in ("sae_output", "activation", "error")}
+
+
+def test_earlier_components_match_sklearn(smoke_repo):
+    from sklearn.linear_model import LinearRegression
+
+    x, x_hat = reconstruction(smoke_repo, TARGET)
+    n_train = int(open_store(smoke_repo / f"artifacts/activations/{TARGET}.zarr").attrs["n_train_rows"])
+    e = x - x_hat
+    e_lin = LinearRegression().fit(x[:n_train], e[:n_train]).predict(x)  # the probe, refitted independently
+    _, mlp_hat = reconstruction(smoke_repo, "blocks.2.hook_mlp_out")
+    targets = {"error": e, "linear_error": e_lin, "nonlinear_error": e - e_lin}
+    got = metrics(smoke_repo, "earlier_components.json")["mlp_out.sae_output"]
+    for name, y in targets.items():
+        predicted = LinearRegression().fit(mlp_hat[:n_train], y[:n_train]).predict(mlp_hat[n_train:])
+        assert got[name] == pytest.approx(r2(y[n_train:], predicted), abs=2e-3 * max(1, abs(got[name]))), name
+
+
+def test_per_token_scaling_matches_numpy(smoke_repo):
+    hook = TARGET
+    outputs = [zarr.open_group(smoke_repo / f"artifacts/sae_outputs/{hook}-{w}.zarr", mode="r") for w in (128, 512)]
+    probes = zarr.open_group(smoke_repo / f"artifacts/probes/{hook}-128.zarr", mode="r")
+    e_small, e_large = (o["error_norm"][:].astype(np.float64) for o in outputs)
+    n_small = np.linalg.norm(probes["nonlinear_error"][:].astype(np.float64), axis=1)
+    contexts = zarr.open_group(smoke_repo / "artifacts/tokens.zarr", mode="r")["rows/context"][int(outputs[0].attrs["first_store_row"]) :]
+    split = int(np.searchsorted(contexts, np.unique(contexts)[len(np.unique(contexts)) // 2]))
+
+    def split_r2(columns):
+        a = np.column_stack([*columns, np.ones_like(e_small)])
+        coef = np.linalg.lstsq(a[:split], e_large[:split], rcond=None)[0]
+        return r2(e_large[split:], a[split:] @ coef)
+
+    base, new = split_r2([e_small]), split_r2([e_small, n_small])
+    got = metrics(smoke_repo, "scaling.json")[hook]
+    assert got["per_token_r2"]["128_to_512"] == pytest.approx(base, abs=1e-8)
+    assert got["per_token_nonlinear_gain"]["128_to_512"] == pytest.approx((new - base) / (1 - base), abs=1e-7)
+    assert "power_law" not in got  # two widths at smoke: no three-parameter fit
+
+
+def test_figures_are_written(smoke_repo):
+    from PIL import Image
+
+    figures = [smoke_repo / "figures/earlier_components.png", smoke_repo / "figures/synthetic.png"]
+    for hook in ("blocks.2.hook_resid_post", "blocks.2.hook_mlp_out"):
+        figures += [smoke_repo / f"figures/scaling/{hook}-{kind}.png" for kind in ("bands", "per_token", "latent_vs_probe")]
+    for path in figures:
+        with Image.open(path) as image:
+            assert image.size[0] > 300 and image.size[1] > 200, path
+
+
+def test_synthetic_metrics_follow_the_planted_noise(smoke_repo):
+    got = metrics(smoke_repo, "synthetic.json")
+    assert got["nonlinear_vs_introduced_noise"] > 0.8
+    assert got["linear_vs_activation_noise"] > 0.5
+    table = (smoke_repo / "metrics/synthetic.csv").read_text().splitlines()
+    assert len(table) == 1 + 2 * 2 * 2  # the smoke grid: 2 x 2 x 2
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("scaling", "smoothing_latents", 7, {"scaling"}),
+        ("synthetic", "seed", 3, {"synthetic"}),
+        ("earlier_components", "ridge", 1.0, {"earlier_components"}),
+    ],
+)
+def test_analysis_params_rerun_only_their_stage(smoke_repo, section, key, value, expected):
+    assert stages_to_rerun(smoke_repo, section, key, value) == expected
+
+
+def test_earlier_components_width_without_sae_names_the_key(smoke_repo, tmp_path):
+    params = params_with(smoke_repo, "earlier_components", "width", 999)
+    args = ["--activations", "a", "--saes", "s", "--probes", "p", "--metrics", "m.json", "--figure", "f.png"]
+    result = run_stage("earlier_components", args, tmp_path, params, check=False)
+    assert result.returncode == 2
+    assert "earlier_components.width: 999 is not in sae.widths" in result.stderr
+
+
+def test_synthetic_bad_grid_names_the_key(smoke_repo, tmp_path):
+    params = params_with(smoke_repo, "synthetic", "masked_fraction", [0.0, 1.5])
+    args = ["--activations", "a", "--saes", "s", "--metrics", "m.json", "--table", "t.csv", "--figure", "f.png"]
+    result = run_stage("synthetic", args, tmp_path, params, check=False)
+    assert result.returncode == 2
+    assert "synthetic.masked_fraction" in result.stderr

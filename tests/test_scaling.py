@@ -1,0 +1,51 @@
+"""Scaling analyses (SPEC 4-5) on data with planted answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.scaling import BANDS, PowerLaw, error_bands, fit_power_law, per_token_scaling
+
+
+@pytest.mark.parametrize("c, a, m", [(0.05, 2.0, 0.5), (0.0, 0.8, 0.3), (0.12, 30.0, 0.9)])
+def test_power_law_parameters_are_recovered(c, a, m):
+    widths = np.array([576, 1152, 2304, 4608, 9216])
+    law = fit_power_law(widths, PowerLaw(c, a, m)(widths))
+    assert (law.c, law.a, law.m) == pytest.approx((c, a, m), rel=1e-3, abs=1e-5)
+
+
+def test_power_law_stays_in_bounds_on_noisy_data():
+    widths = np.array([576, 1152, 2304, 4608])
+    law = fit_power_law(widths, [0.27, 0.25, 0.22, 0.23])  # not monotone
+    assert law.c >= 0 and law.a >= 0 and law.m >= 0
+
+
+def test_power_law_needs_three_widths():
+    with pytest.raises(ValueError, match="at least 3 widths"):
+        fit_power_law([576, 1152], [0.3, 0.2])
+
+
+def test_bands_stack_to_the_fvu():
+    fvu, nonlinear = np.array([0.30, 0.22, 0.18, 0.12]), np.array([0.10, 0.10, 0.11, 0.11])
+    bands = error_bands(fvu, nonlinear, asymptote=0.15)
+    np.testing.assert_allclose(sum(bands[b] for b in BANDS), fvu)
+    np.testing.assert_allclose(bands["above_asymptote"], [0.15, 0.07, 0.03, 0.0])
+    np.testing.assert_allclose(bands["nonlinear"], nonlinear)
+    assert (bands["linear_persistent"] >= -1e-12).all()
+
+
+def test_per_token_scaling_finds_the_planted_dependence():
+    """||e_j|| = ||e_i|| + ||n_i|| + noise: ||e_i|| explains part, ||n_i|| most of the rest."""
+    rng = np.random.default_rng(0)
+    n = 40000
+    e_small = rng.gamma(4, 1, n)
+    n_small = rng.gamma(4, 1, n)
+    e_large = 0.5 * e_small + n_small + 0.5 * rng.normal(size=n)
+    r2, gain = per_token_scaling([e_small, e_large], [n_small, np.zeros(n)], split=n // 2)
+    var_e, var_n, var_noise = 0.25 * 4, 4.0, 0.25
+    expected_r2 = var_e / (var_e + var_n + var_noise)
+    expected_gain = var_n / (var_n + var_noise)
+    assert r2[0, 1] == pytest.approx(expected_r2, abs=0.02)
+    assert gain[0, 1] == pytest.approx(expected_gain, abs=0.02)
+    assert np.isnan(r2[1, 0]) and np.isnan(r2[0, 0])
