@@ -7,9 +7,8 @@ MLP output and attention z, each with its own SAE of the same width): the SAE ou
 the activation x, or the SAE error. Also two combinations: every other source's SAE output,
 and the target's own activation with them.
 
-One streaming pass over the train rows accumulates the normal equations of *all* predictor
-columns at once; every predictor set is a column subset of them. A second pass scores each
-set on the test rows.
+One streaming pass over the train rows accumulates the normal equations of every predictor
+set (the two combinations share one); a second pass scores each set on the test rows.
 """
 
 from __future__ import annotations
@@ -82,41 +81,23 @@ def source_role(source: str, target: str) -> str:
     return f"layer{s.layer}_{s.site}"
 
 
-@dataclass
-class PredictorLayout:
-    """Which columns of the stacked predictor matrix belong to which (source, kind)."""
-
-    roles: list[str]
-    target_role: str
-    d: dict[str, int]
-
-    def block(self, role: str, kind: str) -> np.ndarray:
-        start = 0
-        for r in self.roles:
-            for k in KINDS:
-                if (r, k) == (role, kind):
-                    return np.arange(start, start + self.d[r])
-                start += self.d[r]
-        raise KeyError((role, kind))
-
-    def predictor_sets(self) -> dict[str, np.ndarray]:
-        sets = {f"{role}.{kind}": self.block(role, kind) for role in self.roles for kind in KINDS}
-        others = [r for r in self.roles if r != self.target_role]
-        if others:
-            earlier = np.concatenate([self.block(r, "sae_output") for r in others])
-            sets["earlier_sae_outputs"] = earlier
-            sets["activation_and_earlier_sae_outputs"] = np.concatenate([self.block(self.target_role, "activation"), earlier])
-        return sets
+def predictor_sets(roles: list[str], target_role: str) -> dict[str, list[tuple[str, str]]]:
+    """{set name: the (role, kind) blocks it concatenates}."""
+    sets = {f"{role}.{kind}": [(role, kind)] for role in roles for kind in KINDS}
+    others = [(r, "sae_output") for r in roles if r != target_role]
+    if others:
+        sets["earlier_sae_outputs"] = others
+        sets["activation_and_earlier_sae_outputs"] = [(target_role, "activation"), *others]
+    return sets
 
 
-def _features(saes: dict[str, SAE], stores: dict[str, zarr.Array], roles: list[str], first: int, stop: int):
-    parts, target_parts = [], {}
-    for role in roles:
+def _blocks(saes: dict[str, SAE], stores: dict[str, zarr.Array], first: int, stop: int) -> dict[tuple[str, str], np.ndarray]:
+    blocks = {}
+    for role, sae in saes.items():
         x = np.asarray(stores[role][first:stop], dtype=np.float32)
-        x_hat, err, _ = reconstruct(saes[role], x)
-        parts += [x_hat, x, err]
-        target_parts[role] = (x, err)
-    return np.hstack(parts), target_parts
+        x_hat, err, _ = reconstruct(sae, x)
+        blocks[role, "sae_output"], blocks[role, "activation"], blocks[role, "error"] = x_hat, x, err
+    return blocks
 
 
 def fit_and_score(
@@ -129,29 +110,48 @@ def fit_and_score(
     cfg: EarlierComponentsConfig,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """{predictor set: {target: test R^2}} for targets e, e_hat, n of the target SAE."""
-    roles = list(saes)
-    layout = PredictorLayout(roles, target_role, {r: stores[r].shape[1] for r in roles})
+    """{predictor set: {target: test R^2}} for targets e, e_hat, n of the target SAE.
+
+    Each single (source, kind) set has its own normal equations; the combined sets share one
+    over their union (the second is a column subset), so memory is O(sum of their squared widths)."""
+    sets = predictor_sets(list(saes), target_role)
+    combined = max(sets.values(), key=len)  # the union of every multi-block set
+    systems = {name: blocks for name, blocks in sets.items() if len(blocks) == 1}
+    systems["combined"] = combined
     n_rows = stores[target_role].shape[0]
 
-    def blocks(start: int, stop: int, desc: str):
+    def batches(start: int, stop: int, desc: str):
         for first in tqdm(range(start, stop, cfg.block_rows), desc=desc, disable=not progress):
-            last = min(first + cfg.block_rows, stop)
-            features, by_role = _features(saes, stores, roles, first, last)
-            x, err = by_role[target_role]
+            blocks = _blocks(saes, stores, first, min(first + cfg.block_rows, stop))
+            x, err = blocks[target_role, "activation"], blocks[target_role, "error"]
             linear = x.astype(np.float64) @ probe_weight + probe_bias
+            features = {name: np.hstack([blocks[b] for b in parts]) for name, parts in systems.items()}
             yield features, np.hstack([err, linear, err - linear])
 
-    equations = NormalEquations(bias=True)
-    for features, targets in blocks(0, n_train, "earlier_components: fit"):
-        equations.update(features, targets)
-    sets = layout.predictor_sets()
-    fits = {name: equations.solve(cfg.ridge, columns=cols) for name, cols in sets.items()}
-    d = layout.d[target_role]
+    equations = {name: NormalEquations(bias=True) for name in systems}
+    for features, targets in batches(0, n_train, "earlier_components: fit"):
+        for name, eq in equations.items():
+            eq.update(features[name], targets)
+
+    def columns_in_combined(parts):
+        widths = [stores[role].shape[1] for role, _ in combined]
+        starts = np.concatenate([[0], np.cumsum(widths)])
+        return np.concatenate([np.arange(starts[combined.index(p)], starts[combined.index(p) + 1]) for p in parts])
+
+    fits, inputs = {}, {}
+    for name, parts in sets.items():
+        if len(parts) == 1:
+            fits[name], inputs[name] = equations[name].solve(cfg.ridge), (name, None)
+        else:
+            cols = columns_in_combined(parts)
+            fits[name], inputs[name] = equations["combined"].solve(cfg.ridge, columns=cols), ("combined", cols)
+    d = stores[target_role].shape[1]
     scores = {name: [FitScore() for _ in TARGETS] for name in sets}
-    for features, targets in blocks(n_train, n_rows, "earlier_components: score"):
-        for name, cols in sets.items():
-            predicted = fits[name].predict(features[:, cols])
+    for features, targets in batches(n_train, n_rows, "earlier_components: score"):
+        for name in sets:
+            system, cols = inputs[name]
+            x = features[system] if cols is None else features[system][:, cols]
+            predicted = fits[name].predict(x)
             for j, score in enumerate(scores[name]):
                 score.update(targets[:, j * d : (j + 1) * d], predicted[:, j * d : (j + 1) * d])
     return {name: {t: s.r2 for t, s in zip(TARGETS, per_target)} for name, per_target in scores.items()}

@@ -111,21 +111,49 @@ def run_grid(sae: SAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: Synth
     return points
 
 
+def _corr(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+
+
+def _within(points: list[GridPoint], held: tuple[str, ...], part: str, varied: str) -> float:
+    """Mean, over groups of points that share the `held` settings, of the correlation between
+    the error `part` and the `varied` setting (NaN when no group varies it)."""
+    groups: dict[tuple, list[GridPoint]] = {}
+    for p in points:
+        groups.setdefault(tuple(getattr(p, h) for h in held), []).append(p)
+    values = [_corr([getattr(p, part) for p in g], [getattr(p, varied) for p in g]) for g in groups.values()]
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def correlations(points: list[GridPoint]) -> dict[str, float]:
-    """Pearson correlations over the grid: each error part against each planted noise size
-    (NaN when a grid axis has a single value)."""
+    """Pearson correlations between each error part and each planted source. For the noise sizes,
+    within each masked fraction (then averaged); for the masked fraction, within each pair of
+    noise sizes: one source varies at a time. NaN when a grid axis has a single value."""
+    noise = ("activation_noise", "introduced_noise")
+    out = {}
+    for part, label in (("linear_fvu", "linear"), ("nonlinear_fvu", "nonlinear")):
+        out[f"{label}_vs_activation_noise"] = _within(points, ("masked_fraction", "introduced_noise"), part, "activation_noise")
+        out[f"{label}_vs_introduced_noise"] = _within(points, ("masked_fraction", "activation_noise"), part, "introduced_noise")
+        out[f"{label}_vs_masked_fraction"] = _within(points, noise, part, "masked_fraction")
+    return out
 
-    def corr(a, b):
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
 
-    linear = [p.linear_fvu for p in points]
-    nonlinear = [p.nonlinear_fvu for p in points]
-    sigma_a = [p.activation_noise for p in points]
-    sigma_r = [p.introduced_noise for p in points]
-    return {
-        "linear_vs_activation_noise": corr(linear, sigma_a),
-        "linear_vs_introduced_noise": corr(linear, sigma_r),
-        "nonlinear_vs_activation_noise": corr(nonlinear, sigma_a),
-        "nonlinear_vs_introduced_noise": corr(nonlinear, sigma_r),
-    }
+def linear_share_of_added_error(points: list[GridPoint]) -> dict[str, float]:
+    """For each source alone (the others at their smallest setting): of the FVU it adds going from
+    its smallest to its largest setting, the share that is linear. NaN for a single-valued axis."""
+    axes = ("activation_noise", "introduced_noise", "masked_fraction")
+    low = {a: min(getattr(p, a) for p in points) for a in axes}
+    high = {a: max(getattr(p, a) for p in points) for a in axes}
+
+    def at(settings):
+        return next(p for p in points if all(getattr(p, a) == settings[a] for a in axes))
+
+    base = at(low)
+    out = {}
+    for axis in axes:
+        top = at({**low, axis: high[axis]})
+        added = top.fvu - base.fvu
+        out[axis] = float((top.linear_fvu - base.linear_fvu) / added) if high[axis] > low[axis] and added > 0 else float("nan")
+    return out

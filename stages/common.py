@@ -36,15 +36,16 @@ def write_json(path: Path | str, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def per_sae_arguments(description: str, extra: tuple[tuple[str, type], ...] = ()) -> argparse.Namespace:
+def per_sae_arguments(description: str, extra: tuple[tuple[str, type], ...] = (), store_out: bool = True) -> argparse.Namespace:
     """Command line of a stage that runs once per SAE over one hook's activation store
-    (plus the required `extra` options, e.g. [("--tokens", Path)])."""
+    (plus the required `extra` options, e.g. (("--tokens", Path),); `--out` if it writes a store)."""
     parser = argparse.ArgumentParser(description=description)
     for option, kind in extra:
         parser.add_argument(option, type=kind, required=True)
     parser.add_argument("--hook", required=True)
     parser.add_argument("--activations", type=Path, required=True)
     parser.add_argument("--sae", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    if store_out:
+        parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     return parser.parse_args()

@@ -14,7 +14,7 @@ from pipeline.harvest import store_path
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.sae_config import SaeSetConfig, sae_name
 from pipeline.saes import check_sae_fits, load_sae
-from pipeline.synthetic import SyntheticConfig, correlations, run_grid
+from pipeline.synthetic import SyntheticConfig, correlations, linear_share_of_added_error, run_grid
 from stages.common import stage, write_json
 
 
@@ -67,9 +67,11 @@ def main() -> None:
             for p in points:
                 writer.writerow({**asdict(p), "linear_fvu": p.linear_fvu})
         corr = correlations(points)
-        write_json(args.metrics, {**corr, "train_rows": len(train), "test_rows": len(test)})
+        shares = linear_share_of_added_error(points)
+        write_json(args.metrics, {**corr, "linear_share_of_added_error": shares, "train_rows": len(train), "test_rows": len(test)})
         draw(points, cfg, args.figure)
         print("synthetic: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr.items()))
+        print("linear share of the error each source adds: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-from pipeline.synthetic import SyntheticConfig, correlations, run_grid
+from pipeline.synthetic import SyntheticConfig, correlations, linear_share_of_added_error, run_grid
 
 D, D_SAE, K = 32, 16, 3
 
@@ -80,3 +80,10 @@ def test_masking_latents_adds_error():
     points = run_grid(sae, sparse_activations(sae, 5000, 3), sparse_activations(sae, 2000, 4), cfg)
     fvus = [p.fvu for p in points]
     assert fvus[0] < 1e-10 < fvus[1] < fvus[2]
+
+
+def test_linear_share_of_each_source(grid):
+    shares = linear_share_of_added_error(list(grid[0].values()))
+    assert shares["introduced_noise"] == pytest.approx(0.0, abs=0.02)  # independent of x': none linear
+    assert shares["activation_noise"] > 0.5
+    assert np.isnan(shares["masked_fraction"])  # a single masked fraction in this grid

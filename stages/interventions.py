@@ -1,0 +1,74 @@
+"""DVC stage `interventions` (one per SAE): splice the SAE's reconstruction and the control
+perturbations into the LM at the SAE's hook; KL and CE per token, summarised with intervals."""
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.activation_store import open_store
+from pipeline.config import HarvestConfig, Hook, TokensConfig, load_params, section
+from pipeline.harvest import store_path
+from pipeline.interventions import INTERVENTIONS
+from pipeline.models import load_model, resolve_device
+from pipeline.pathological import InterventionsConfig, activation_stats, run_interventions, summarise
+from pipeline.plots import new_figure, save
+from pipeline.sae_config import SaeSetConfig
+from pipeline.saes import check_sae_fits, load_sae
+from pipeline.tokens import TokenStore
+from stages.common import per_sae_arguments, stage, write_json
+
+SHOWN = ("substitution", "epsilon_random", "cov_random", "theta_random_sae_norm", "norm_corrected")
+
+
+def draw(results, metrics: dict, name: str, p: int | None, path: Path) -> Path:
+    fig, axes = new_figure(11, 4, ncols=2)
+    positive = np.concatenate([results.kl[n] for n in SHOWN])
+    bins = np.geomspace(max(positive[positive > 0].min(), 1e-6), positive.max(), 60)
+    for n in SHOWN:
+        axes[0].hist(results.kl[n].clip(bins[0]), bins=bins, histtype="step", label=f"{n} (mean {results.kl[n].mean():.3g})")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("KL(P_clean ‖ P_intervened) per token (nats, log scale)")
+    axes[0].set_ylabel("tokens")
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(f"ratio substitution / epsilon_random: {metrics['kl_ratio_substitution_vs_epsilon_random']:.2f}", fontsize=9)
+    if results.single_kl:
+        for n, kl in results.single_kl.items():
+            axes[1].plot(np.arange(kl.shape[1]), kl.mean(0), "o-", label=n)
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel(f"tokens after the intervened position p = {p}")
+        axes[1].set_ylabel("mean KL (nats)")
+        axes[1].legend(fontsize=8)
+        axes[1].set_title("single-position intervention", fontsize=9)
+    fig.suptitle(f"{name}: splicing the SAE vs. random perturbations of the same size", fontsize=10)
+    return save(fig, path)
+
+
+def main() -> None:
+    args = per_sae_arguments(__doc__, extra=(("--model", Path), ("--tokens", Path), ("--figure", Path)), store_out=False)
+    store = store_path(args.activations, args.hook)
+    reads = ["params.yaml:interventions,tokens,sae", str(args.model), str(args.tokens), str(store), str(args.sae)]
+    with stage("interventions", reads=reads, writes=[str(args.metrics), str(args.figure)]):
+        params = load_params()
+        cfg = section(params, "interventions", InterventionsConfig)
+        tokens_cfg = section(params, "tokens", TokensConfig)
+        sae_set = section(params, "sae", SaeSetConfig)
+        cfg.check_against(sae_set.hooks, sae_set.widths, tokens_cfg.context_length, tokens_cfg.skip_positions)
+        device = resolve_device(cfg.device)
+        acts = open_store(store)
+        sae = load_sae(args.sae, device=str(device))
+        check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
+        stats = activation_stats(acts, int(acts.attrs["n_train_rows"]))
+        tokens = TokenStore.open(args.tokens)
+        first, stop = tokens.n_train_contexts, min(tokens.n_train_contexts + cfg.n_contexts, tokens.n_contexts)
+        model = load_model(args.model, section(params, "harvest", HarvestConfig).compute_dtype, str(device))
+        results = run_interventions(model, sae, Hook.parse(args.hook, "--hook"), tokens.contexts[first:stop], tokens.mask[first:stop], stats, cfg)
+        metrics = summarise(results, cfg)
+        write_json(args.metrics, metrics)
+        draw(results, metrics, args.sae.name, cfg.single_position, args.figure)
+        print(f"interventions {args.sae.name}: " + ", ".join(f"{n} KL {metrics['interventions'][n]['kl']:.4f}" for n in INTERVENTIONS))
+        print(f"KL ratio substitution / epsilon_random {metrics['kl_ratio_substitution_vs_epsilon_random']:.2f} "
+              f"[{metrics['kl_ratio_ci_low']:.2f}, {metrics['kl_ratio_ci_high']:.2f}], CE score {metrics['ce_score']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

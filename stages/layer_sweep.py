@@ -1,0 +1,63 @@
+"""DVC stage `layer_sweep`: the pathological-error comparison across layers (every residual hook
+in `interventions.hooks`) and the attention-z replication, from the `interventions` metrics."""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from pipeline.config import Hook, load_params, section
+from pipeline.pathological import InterventionsConfig
+from pipeline.plots import new_figure, save
+from pipeline.sae_config import sae_name
+from stages.common import stage, write_json
+
+PUBLISHED = {"resid": (2.0, 4.5), "attn_z": (0.9, 1.7)}  # GPT-2 small (Gurnee 2024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for option in ("--metrics-dir", "--out", "--plot", "--figure"):
+        parser.add_argument(option, type=Path, required=True)
+    args = parser.parse_args()
+    with stage("layer_sweep", reads=["params.yaml:interventions", str(args.metrics_dir)], writes=[str(args.out), str(args.plot), str(args.figure)]):
+        cfg = section(load_params(), "interventions", InterventionsConfig)
+        rows = []
+        for hook_name in cfg.hooks:
+            hook = Hook.parse(hook_name, "interventions.hooks")
+            for width in cfg.widths:
+                m = json.loads((args.metrics_dir / f"{sae_name(hook_name, width)}.json").read_text())
+                rows.append({
+                    "hook": hook_name, "site": hook.site, "layer": hook.layer, "width": width,
+                    "kl_ratio": m["kl_ratio_substitution_vs_epsilon_random"], "kl_ratio_ci_low": m["kl_ratio_ci_low"],
+                    "kl_ratio_ci_high": m["kl_ratio_ci_high"], "kl_ratio_vs_cov_random": m["kl_ratio_substitution_vs_cov_random"],
+                    "kl_substitution": m["interventions"]["substitution"]["kl"], "kl_epsilon_random": m["interventions"]["epsilon_random"]["kl"],
+                    "ce_score": m["ce_score"],
+                })
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.plot, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["site"] in ("resid_post", "resid_pre"))
+        fig, ax = new_figure()
+        for width in cfg.widths:
+            for site, marker in (("resid_post", "o-"), ("resid_pre", "^-"), ("mlp_out", "s"), ("attn_z", "D")):
+                sel = [r for r in rows if r["site"] == site and r["width"] == width]
+                if sel:
+                    lows = [r["kl_ratio"] - r["kl_ratio_ci_low"] for r in sel]
+                    highs = [r["kl_ratio_ci_high"] - r["kl_ratio"] for r in sel]
+                    ax.errorbar([r["layer"] for r in sel], [r["kl_ratio"] for r in sel], yerr=[lows, highs], fmt=marker, capsize=3, label=f"{site}, width {width}")
+        ax.axhspan(*PUBLISHED["resid"], color="grey", alpha=0.15, label="published, GPT-2 residual: 2-4.5x")
+        ax.axhline(1, color="black", linewidth=0.6)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("KL(substitution) / KL(epsilon_random)")
+        ax.set_title("How much worse than a random step of the same size is the SAE? (95% bootstrap CI)", fontsize=9)
+        ax.legend(fontsize=7)
+        save(fig, args.figure)
+        write_json(args.out, {r["hook"] + f"-{r['width']}": {k: r[k] for k in ("kl_ratio", "kl_ratio_vs_cov_random", "ce_score")} for r in rows})
+        for r in rows:
+            print(f"layer_sweep {r['hook']}-{r['width']}: KL ratio {r['kl_ratio']:.2f} [{r['kl_ratio_ci_low']:.2f}, {r['kl_ratio_ci_high']:.2f}]")
+
+
+if __name__ == "__main__":
+    main()
