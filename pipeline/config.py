@@ -148,6 +148,11 @@ class TokensConfig:
     document-separator token. The dark-matter paper skips 200 of 1024."""
     test_fraction: float = 0.2
     """Share of contexts held out; every reported metric is on these."""
+    sae_fraction: float = 0.5
+    """Share of the other contexts reserved for training SAEs. The dark-matter fits (probes and
+    the like) train on the rest, so that they see SAE errors on tokens the SAE never trained on
+    (an SAE's error on its own training tokens is smaller). 0: SAEs train on every non-test
+    context (fine for pretrained SAEs, which saw none of them)."""
     seed: int = 0
     """Seeds the document order and the train/test split."""
 
@@ -163,6 +168,11 @@ class TokensConfig:
             )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"tokens.test_fraction: must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.sae_fraction < 1.0:
+            raise ConfigError(f"tokens.sae_fraction: must be in [0, 1), got {self.sae_fraction}")
+        if self.sae_fraction > 0 and self.n_contexts - self.n_test_contexts < 2:
+            raise ConfigError(f"tokens.sae_fraction: {self.sae_fraction} needs >= 2 non-test contexts (one for SAEs, one for the fits); "
+                              f"raise tokens.n_contexts (now {self.n_contexts})")
 
     @property
     def first_scored_position(self) -> int:
@@ -171,6 +181,12 @@ class TokensConfig:
     @property
     def n_test_contexts(self) -> int:
         return max(1, min(self.n_contexts - 1, round(self.n_contexts * self.test_fraction)))
+
+    def n_sae_contexts(self, n_train_contexts: int) -> int:
+        """How many of the (first) train contexts are reserved for SAE training."""
+        if self.sae_fraction == 0:
+            return 0
+        return max(1, min(n_train_contexts - 1, round(n_train_contexts * self.sae_fraction)))
 
 
 @dataclass

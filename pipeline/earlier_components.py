@@ -21,7 +21,7 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.activation_store import open_store
+from pipeline.activation_store import fit_rows, open_store
 from pipeline.config import ConfigError, Hook
 from pipeline.harvest import store_path
 from pipeline.lstsq import FitScore, NormalEquations
@@ -106,7 +106,6 @@ def fit_and_score(
     target_role: str,
     probe_weight: np.ndarray,
     probe_bias: np.ndarray,
-    n_train: int,
     cfg: EarlierComponentsConfig,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -119,6 +118,7 @@ def fit_and_score(
     systems = {name: blocks for name, blocks in sets.items() if len(blocks) == 1}
     systems["combined"] = combined
     n_rows = stores[target_role].shape[0]
+    fit_start, n_train = fit_rows(stores[target_role])
 
     def batches(start: int, stop: int, desc: str):
         for first in tqdm(range(start, stop, cfg.block_rows), desc=desc, disable=not progress):
@@ -129,7 +129,7 @@ def fit_and_score(
             yield features, np.hstack([err, linear, err - linear])
 
     equations = {name: NormalEquations(bias=True) for name in systems}
-    for features, targets in batches(0, n_train, "earlier_components: fit"):
+    for features, targets in batches(fit_start, n_train, "earlier_components: fit"):
         for name, eq in equations.items():
             eq.update(features[name], targets)
 

@@ -134,6 +134,7 @@ def harvest(
                 "store_dtype": cfg.store_dtype,
                 "token_store_hash": tokens.content_hash,
                 "n_train_rows": tokens.n_train_rows,
+                "n_sae_rows": tokens.n_sae_rows,
             },
         )
         for h in hooks

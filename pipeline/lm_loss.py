@@ -1,7 +1,7 @@
 """The LM's own per-token loss on every scored token (a baseline feature for error-norm probes).
 
-Row-aligned with the activation stores (train rows first, then test rows). For row i (a token
-at position p of its context):
+Row-aligned with the activation stores; NaN on the rows reserved for SAE training (no
+analysis reads the LM loss there). For row i (a token at position p of its context):
 - `loss_current[i]` = -log P(token_p | tokens_<p): how surprising the token itself was;
 - `loss_next[i]`    = -log P(token_p+1 | tokens_<=p): the loss of the prediction made at p
   (NaN at a context's last position, which has no next token).
@@ -34,8 +34,9 @@ def token_losses(model, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def write_lm_loss(model_dir: Path, token_store: Path, out: Path, batch_size: int, device: str, progress: bool = True) -> None:
     tokens = TokenStore.open(token_store)
     model = load_model(model_dir, "float32", device)
-    current, following = [], []
-    for start in tqdm(range(0, tokens.n_contexts, batch_size), desc="lm_loss", disable=not progress):
+    skipped = np.full(tokens.n_sae_rows, np.nan, dtype=np.float32)
+    current, following = [skipped], [skipped]
+    for start in tqdm(range(tokens.n_sae_contexts, tokens.n_contexts, batch_size), desc="lm_loss", disable=not progress):
         stop = min(start + batch_size, tokens.n_contexts)
         ids = torch.from_numpy(tokens.contexts[start:stop]).long().to(device)
         cur, nxt = token_losses(model, ids)

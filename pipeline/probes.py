@@ -19,7 +19,7 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.activation_store import iter_row_blocks
+from pipeline.activation_store import fit_rows, iter_row_blocks
 from pipeline.config import ConfigError
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
 from pipeline.norm_baselines import BaselineScores, NormBaselines, RowFeatures
@@ -98,13 +98,14 @@ def _targets(err: np.ndarray) -> np.ndarray:
 
 
 def fit_error_probes(
-    sae: SAE, acts: zarr.Array, n_train: int, rows: RowFeatures, cfg: ProbesConfig, progress: bool = True
+    sae: SAE, acts: zarr.Array, rows: RowFeatures, cfg: ProbesConfig, progress: bool = True
 ) -> tuple[LinearFit, NormBaselines]:
-    """One pass over the train rows: the joint fit of e, ||e||^2 and ||e|| on x, and the norm baselines."""
+    """One pass over the fit rows (`fit_rows`): the joint fit of e, ||e||^2 and ||e|| on x, and the norm baselines."""
     d = acts.shape[1]
+    start, stop = fit_rows(acts)
     equations, baselines = NormalEquations(bias=cfg.bias), NormBaselines()
-    blocks = iter_row_blocks(acts, 0, n_train, rows=cfg.block_rows)
-    for first, x in tqdm(blocks, total=-(-n_train // cfg.block_rows), desc="probes: fit", disable=not progress):
+    blocks = iter_row_blocks(acts, start, stop, rows=cfg.block_rows)
+    for first, x in tqdm(blocks, total=-(-(stop - start) // cfg.block_rows), desc="probes: fit", disable=not progress):
         _, err, l0 = reconstruct(sae, x)
         targets = _targets(err)
         equations.update(x, targets)
@@ -113,14 +114,13 @@ def fit_error_probes(
     return equations.solve(cfg.ridge), baselines
 
 
-def fit_component_norm_probes(
-    sae: SAE, acts: zarr.Array, n_train: int, fit: LinearFit, cfg: ProbesConfig, progress: bool = True
-) -> LinearFit:
-    """A second pass over the train rows (n needs the fitted map): x -> squared norm of each component."""
+def fit_component_norm_probes(sae: SAE, acts: zarr.Array, fit: LinearFit, cfg: ProbesConfig, progress: bool = True) -> LinearFit:
+    """A second pass over the fit rows (n needs the fitted map): x -> squared norm of each component."""
     d = acts.shape[1]
+    start, stop = fit_rows(acts)
     equations = NormalEquations(bias=True)
-    blocks = iter_row_blocks(acts, 0, n_train, rows=cfg.block_rows)
-    for _, x in tqdm(blocks, total=-(-n_train // cfg.block_rows), desc="probes: norms", disable=not progress):
+    blocks = iter_row_blocks(acts, start, stop, rows=cfg.block_rows)
+    for _, x in tqdm(blocks, total=-(-(stop - start) // cfg.block_rows), desc="probes: norms", disable=not progress):
         x_hat, err, _ = reconstruct(sae, x)
         equations.update(x, component_sq_norms(x, x_hat, err, fit.predict(x)[:, :d]))
     return equations.solve(cfg.ridge)
@@ -129,7 +129,6 @@ def fit_component_norm_probes(
 def score_error_probes(
     sae: SAE,
     acts: zarr.Array,
-    n_train: int,
     fit: LinearFit,
     norms_fit: LinearFit,
     rows: RowFeatures,
@@ -141,6 +140,7 @@ def score_error_probes(
     """One pass over the test rows: score the probes and baselines, write e_hat, n and the probe's W, b
     (`probe_weight`, `probe_bias`) to the Zarr group `out`."""
     d = acts.shape[1]
+    _, n_train = fit_rows(acts)
     n_test = acts.shape[0] - n_train
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")

@@ -23,7 +23,7 @@ from sae_lens import SAE
 from scipy.optimize import curve_fit
 from scipy.stats import pearsonr, spearmanr
 
-from pipeline.activation_store import iter_row_blocks
+from pipeline.activation_store import fit_rows, iter_row_blocks
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.sae_outputs import encode_decode
 
@@ -113,15 +113,15 @@ class LatentProbe:
     """(d_sae,) mean activation when active; NaN for latents that never fired."""
 
 
-def latent_vs_probe(sae: SAE, acts: zarr.Array, n_train: int, outputs: zarr.Group, block_rows: int) -> LatentProbe:
-    """SPEC 6 for one SAE: the probe and the latents' mean activations from the train rows
-    (encoded here), the probe scored on the test rows' stored x_hat (`sae_outputs` group)."""
+def latent_vs_probe(sae: SAE, acts: zarr.Array, outputs: zarr.Group, block_rows: int) -> LatentProbe:
+    """SPEC 6 for one SAE: the probe and the latents' mean activations from the fit rows
+    (`fit_rows`, encoded here), the probe scored on the test rows' stored x_hat (`sae_outputs` group)."""
     b_dec = sae.b_dec.detach().cpu().double().numpy()
     decoder = sae.W_dec.detach().cpu().double().numpy()
     d_sae = decoder.shape[0]
     equations, score = NormalEquations(bias=True), FitScore()
     total, count = np.zeros(d_sae), np.zeros(d_sae)
-    for _, x in iter_row_blocks(acts, 0, n_train, rows=block_rows):
+    for _, x in iter_row_blocks(acts, *fit_rows(acts), rows=block_rows):
         latents, x_hat = encode_decode(sae, torch.from_numpy(np.asarray(x, dtype=np.float32)).to(sae.device))
         centred = x_hat.double().cpu().numpy() - b_dec
         equations.update(centred, np.einsum("ij,ij->i", centred, centred))

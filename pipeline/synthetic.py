@@ -35,7 +35,7 @@ class SyntheticConfig:
     """Whose activations and SAE (of `width`) build the synthetic model."""
     width: int = 2304
     train_rows: int = 20000
-    """Rows taken from the start of the train split (fit of the linear map)."""
+    """Rows taken from the start of the fit rows (train rows no SAE trained on): the linear map's fit."""
     test_rows: int = 8000
     """Rows taken from the start of the test split (all reported FVUs)."""
     activation_noise: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])

@@ -7,7 +7,8 @@ Layout of the store (a Zarr group):
   positions >= first_scored_position whose token is not the BOS/document separator (in many
   LMs, e.g. SmolLM2, that token carries activations hundreds of times larger than any other,
   which would swamp every variance-weighted metric). Rows [0, n_train_rows) are train tokens,
-  the rest test tokens.
+  the rest test tokens; of the train rows, [0, n_sae_rows) train SAEs and [n_sae_rows,
+  n_train_rows) train the dark-matter fits (see `tokens.sae_fraction`).
 - attrs: sizes, the split, the BOS id, the source, and `content_hash`, which activation stores
   record so that a store can be matched to the tokens it was computed from.
 """
@@ -89,10 +90,10 @@ def split_train_first(contexts: np.ndarray, cfg: TokensConfig) -> tuple[np.ndarr
     return np.concatenate([contexts[train], contexts[test]]), len(train)
 
 
-def content_hash(contexts: np.ndarray, n_train: int, first_scored: int, bos_id: int) -> str:
+def content_hash(contexts: np.ndarray, n_train: int, first_scored: int, bos_id: int, n_sae: int = 0) -> str:
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(contexts, dtype=np.int32).tobytes())
-    digest.update(f"{contexts.shape}|{n_train}|{first_scored}|{bos_id}".encode())
+    digest.update(f"{contexts.shape}|{n_train}|{first_scored}|{bos_id}|{n_sae}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -113,6 +114,8 @@ class TokenStore:
     first_scored_position: int
     content_hash: str
     bos_token_id: int
+    n_sae_contexts: int = 0
+    """The first n_sae_contexts train contexts are for SAE training only (tokens.sae_fraction)."""
 
     @property
     def n_contexts(self) -> int:
@@ -135,6 +138,10 @@ class TokenStore:
     def n_train_rows(self) -> int:
         return int(self.context_row_starts[self.n_train_contexts])
 
+    @property
+    def n_sae_rows(self) -> int:
+        return int(self.context_row_starts[self.n_sae_contexts])
+
     @staticmethod
     def open(path: Path | str) -> "TokenStore":
         path = Path(path)
@@ -149,6 +156,7 @@ class TokenStore:
             first_scored_position=int(attrs["first_scored_position"]),
             content_hash=str(attrs["content_hash"]),
             bos_token_id=int(attrs["bos_token_id"]),
+            n_sae_contexts=int(attrs.get("n_sae_contexts", 0)),
         )
 
 
@@ -160,6 +168,7 @@ def write_token_store(
     data_cfg: DataConfig,
     bos_id: int,
     model_name: str,
+    n_sae: int = 0,
 ) -> TokenStore:
     """Write the store to a temporary sibling and rename it into place (never half-written)."""
     out = Path(out)
@@ -168,7 +177,7 @@ def write_token_store(
     mask = scored_mask(contexts, first, bos_id)
     rows_context, rows_position = np.nonzero(mask)  # row-major: context, then position
     rows_token = contexts[mask]
-    digest = content_hash(contexts, n_train, first, bos_id)
+    digest = content_hash(contexts, n_train, first, bos_id, n_sae)
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -186,6 +195,8 @@ def write_token_store(
             "first_scored_position": first,
             "n_rows": int(len(rows_token)),
             "n_train_rows": int(mask[:n_train].sum()),
+            "n_sae_contexts": n_sae,
+            "n_sae_rows": int(mask[:n_sae].sum()),
             "bos_token_id": bos_id,
             "model": model_name,
             "tokens": asdict(tokens_cfg),

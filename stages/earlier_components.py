@@ -23,8 +23,7 @@ def main() -> None:
         sae_set = section(params, "sae", SaeSetConfig)
         cfg.check_against(sae_set.hooks, sae_set.widths)
         saes, stores, target_role, weight, bias = open_inputs(cfg, args.activations, args.saes, args.probes)
-        n_train = int(stores[target_role].attrs["n_train_rows"])
-        r2 = fit_and_score(saes, stores, target_role, weight, bias, n_train, cfg)
+        r2 = fit_and_score(saes, stores, target_role, weight, bias, cfg)
         write_json(args.metrics, r2)
         title = f"Predicting the error of the {cfg.target} SAE (width {cfg.width}) from earlier components"
         grouped_bars(r2, title, "test R² (1 - FVU)", args.figure)

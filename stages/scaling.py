@@ -103,14 +103,13 @@ def main() -> None:
                 log.info("scaling %s: %d widths < scaling.min_widths_for_fit=%d, no power-law fit", hook, len(widths), cfg.min_widths_for_fit)
             outputs = [zarr.open_group(args.sae_outputs / f"{n}.zarr", mode="r") for n in names]
             acts = open_store(store_path(args.activations, hook))
-            n_train = int(acts.attrs["n_train_rows"])
             split = split_row(args.tokens, int(outputs[0].attrs["first_store_row"]))
             error_norms = [o["error_norm"][:].astype(np.float64) for o in outputs]
             nonlinear_norms = [row_norms(zarr.open_group(args.probes / f"{n}.zarr", mode="r")["nonlinear_error"], cfg.block_rows) for n in names]
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, split)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
-                latent[width] = latent_vs_probe(load_sae(args.saes / name), acts, n_train, group, cfg.block_rows)
+                latent[width] = latent_vs_probe(load_sae(args.saes / name), acts, group, cfg.block_rows)
 
             bands = error_bands(fvu, nonlinear, law.c if law else np.inf)
             args.plots.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.activation_store import open_store
+from pipeline.activation_store import fit_rows, open_store
 from pipeline.config import ConfigError, load_params, section
 from pipeline.harvest import store_path
 from pipeline.plots import heatmap, new_figure, save
@@ -55,8 +55,8 @@ def main() -> None:
         acts = open_store(store_path(args.activations, cfg.hook))
         sae = load_sae(args.saes / sae_name(cfg.hook, cfg.width))
         check_sae_fits(sae, acts.shape[1], cfg.width, str(args.saes / sae_name(cfg.hook, cfg.width)))
-        n_train = int(acts.attrs["n_train_rows"])
-        train = acts[: min(cfg.train_rows, n_train)]
+        start, n_train = fit_rows(acts)
+        train = acts[start : min(start + cfg.train_rows, n_train)]
         test = acts[n_train : n_train + cfg.test_rows]
         points = run_grid(sae, train, test, cfg)
 

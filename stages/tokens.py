@@ -32,11 +32,13 @@ def main() -> None:
         )
         ordered, n_train = split_train_first(contexts, tokens_cfg)
         store = write_token_store(
-            args.out, ordered, n_train, tokens_cfg, data_cfg, bos, checkpoint_info(args.model)["model"]["name"]
+            args.out, ordered, n_train, tokens_cfg, data_cfg, bos, checkpoint_info(args.model)["model"]["name"],
+            n_sae=tokens_cfg.n_sae_contexts(n_train),
         )
         print(
-            f"tokens: {store.n_contexts} contexts ({store.n_train_contexts} train) x {ordered.shape[1]} tokens; "
-            f"{store.n_rows} scored rows ({store.n_train_rows} train) -> {args.out}"
+            f"tokens: {store.n_contexts} contexts ({store.n_sae_contexts} SAE train, "
+            f"{store.n_train_contexts - store.n_sae_contexts} fit train) x {ordered.shape[1]} tokens; "
+            f"{store.n_rows} scored rows ({store.n_sae_rows} SAE train, {store.n_train_rows - store.n_sae_rows} fit train) -> {args.out}"
         )
 
 
