@@ -37,8 +37,8 @@ class NormalEquations:
         self.shift_y: np.ndarray | None = None
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        xc = np.asarray(x, dtype=np.float64)
-        yc = np.asarray(y, dtype=np.float64)
+        xc = np.array(x, dtype=np.float64)  # our own float64 copies, centred in place below
+        yc = np.array(y, dtype=np.float64)
         if yc.ndim == 1:
             yc = yc[:, None]
         if self.shift_x is None:
@@ -48,8 +48,8 @@ class NormalEquations:
             self.xy = np.zeros((xc.shape[1], yc.shape[1]))
             self.sx = np.zeros(xc.shape[1])
             self.sy = np.zeros(yc.shape[1])
-        xc = xc - self.shift_x
-        yc = yc - self.shift_y
+        xc -= self.shift_x
+        yc -= self.shift_y
         self.xx += xc.T @ xc  # numpy computes A.T @ A as a symmetric rank-k update: half a gemm
         self.xy += xc.T @ yc
         self.sx += xc.sum(0)
@@ -86,7 +86,7 @@ class FitScore:
         self.shift: np.ndarray | None = None
 
     def update(self, y: np.ndarray, y_hat: np.ndarray) -> None:
-        y = np.asarray(y, dtype=np.float64)
+        y = np.array(y, dtype=np.float64)  # a copy we may modify
         y_hat = np.asarray(y_hat, dtype=np.float64)
         if y.ndim == 1:
             y, y_hat = y[:, None], y_hat[:, None]
@@ -96,10 +96,10 @@ class FitScore:
             self.sy = np.zeros(y.shape[1])
             self.syy = np.zeros(y.shape[1])
         residual = y - y_hat
-        centred = y - self.shift
+        y -= self.shift  # y is our own copy (see above): centred in place
         self.sse += np.einsum("ij,ij->j", residual, residual)  # one pass, no squared temporary
-        self.sy += centred.sum(0)
-        self.syy += np.einsum("ij,ij->j", centred, centred)
+        self.sy += y.sum(0)
+        self.syy += np.einsum("ij,ij->j", y, y)
         self.n += len(y)
 
     @property

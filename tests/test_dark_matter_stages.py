@@ -48,14 +48,15 @@ def test_earlier_components_match_sklearn(smoke_repo):
     from sklearn.linear_model import LinearRegression
 
     x, x_hat = reconstruction(smoke_repo, TARGET)
-    n_train = int(open_store(smoke_repo / f"artifacts/activations/{TARGET}.zarr").attrs["n_train_rows"])
+    attrs = open_store(smoke_repo / f"artifacts/activations/{TARGET}.zarr").attrs
+    fit, n_train = slice(int(attrs["n_sae_rows"]), int(attrs["n_train_rows"])), int(attrs["n_train_rows"])
     e = x - x_hat
-    e_lin = LinearRegression().fit(x[:n_train], e[:n_train]).predict(x)  # the probe, refitted independently
+    e_lin = LinearRegression().fit(x[fit], e[fit]).predict(x)  # the probe, refitted independently
     _, mlp_hat = reconstruction(smoke_repo, "blocks.2.hook_mlp_out")
     targets = {"error": e, "linear_error": e_lin, "nonlinear_error": e - e_lin}
     got = metrics(smoke_repo, "earlier_components.json")["mlp_out.sae_output"]
     for name, y in targets.items():
-        predicted = LinearRegression().fit(mlp_hat[:n_train], y[:n_train]).predict(mlp_hat[n_train:])
+        predicted = LinearRegression().fit(mlp_hat[fit], y[fit]).predict(mlp_hat[n_train:])
         assert got[name] == pytest.approx(r2(y[n_train:], predicted), abs=2e-3 * max(1, abs(got[name]))), name
 
 

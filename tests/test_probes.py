@@ -19,13 +19,15 @@ NAME = "blocks.2.hook_resid_post-512"
 
 @pytest.fixture(scope="module")
 def reference(smoke_repo):
-    """(x, x_hat, [e, ||e||^2, ||e||], sklearn's prediction of those from x, n_train) over all rows,
-    sklearn fitted on the train rows."""
+    """(x, x_hat, [e, ||e||^2, ||e||], sklearn's prediction of those from x, fit rows) over all
+    rows, sklearn fitted on the fit rows: train rows that no SAE trained on."""
     import torch
     from sklearn.linear_model import LinearRegression
 
     acts = open_store(smoke_repo / "artifacts/activations/blocks.2.hook_resid_post.zarr")
     n_train = int(acts.attrs["n_train_rows"])
+    fit = slice(int(acts.attrs["n_sae_rows"]), n_train)
+    assert 0 < fit.start < n_train
     sae = load_sae(smoke_repo / f"artifacts/saes/{NAME}")
     x = acts[:]
     with torch.no_grad():
@@ -33,8 +35,8 @@ def reference(smoke_repo):
     e = (x - x_hat).astype(np.float64)
     x64 = x.astype(np.float64)
     targets = np.hstack([e, (e**2).sum(1, keepdims=True), np.linalg.norm(e, axis=1, keepdims=True)])
-    model = LinearRegression().fit(x64[:n_train], targets[:n_train])
-    return x64, x_hat.astype(np.float64), targets, model.predict(x64), n_train
+    model = LinearRegression().fit(x64[fit], targets[fit])
+    return x64, x_hat.astype(np.float64), targets, model.predict(x64), fit
 
 
 def r2(y, y_hat, weighted=True):
@@ -48,7 +50,7 @@ def fvu(y, y_hat):
 
 
 def test_probe_metrics_match_sklearn(smoke_repo, reference):
-    x, x_hat, targets, predicted = (a[reference[-1] :] for a in reference[:-1])
+    x, x_hat, targets, predicted = (a[reference[-1].stop :] for a in reference[:-1])
     d = x.shape[1]
     metrics = json.loads((smoke_repo / f"metrics/probes/{NAME}.json").read_text())
     e, e_lin = targets[:, :d], predicted[:, :d]
@@ -65,7 +67,8 @@ def test_probe_metrics_match_sklearn(smoke_repo, reference):
 def test_component_norm_predictability_matches_sklearn(smoke_repo, reference):
     from sklearn.linear_model import LinearRegression
 
-    x, x_hat, targets, predicted, n_train = reference
+    x, x_hat, targets, predicted, fit = reference
+    n_train = fit.stop
     d = x.shape[1]
     e, e_lin = targets[:, :d], predicted[:, :d]
     n = e - e_lin
@@ -78,7 +81,7 @@ def test_component_norm_predictability_matches_sklearn(smoke_repo, reference):
         "x": x,
     }
     norms = np.stack([(p**2).sum(1) for p in parts.values()], axis=1)
-    predicted_norms = LinearRegression().fit(x[:n_train], norms[:n_train]).predict(x[n_train:])
+    predicted_norms = LinearRegression().fit(x[fit], norms[fit]).predict(x[n_train:])
     got = json.loads((smoke_repo / f"metrics/probes/{NAME}.json").read_text())["component_sq_norm_r2"]
     assert list(got) == list(parts)
     for j, name in enumerate(parts):
@@ -86,7 +89,7 @@ def test_component_norm_predictability_matches_sklearn(smoke_repo, reference):
 
 
 def test_linear_and_nonlinear_errors_are_written_and_sum_to_the_error(smoke_repo, reference):
-    x, _, targets, predicted = (a[reference[-1] :] for a in reference[:-1])
+    x, _, targets, predicted = (a[reference[-1].stop :] for a in reference[:-1])
     d = x.shape[1]
     group = zarr.open_group(smoke_repo / f"artifacts/probes/{NAME}.zarr", mode="r")
     linear, nonlinear = group["linear_error"][:], group["nonlinear_error"][:]
@@ -99,3 +102,34 @@ def test_probes_param_reruns_only_probes_and_what_reads_them(smoke_repo):
     hooks = ("blocks.2.hook_resid_post", "blocks.2.hook_mlp_out", "blocks.1.hook_resid_post", "blocks.2.attn.hook_z")
     probes = {f"probes@{hook}-{w}" for hook in hooks for w in (128, 512)}
     assert ran == probes | {"probes_summary", "scaling", "earlier_components", "component_ce"}, ran
+
+
+def test_norm_baselines_match_an_independent_fit(smoke_repo, reference):
+    """Token-id means by hand and one-feature fits by numpy.polyfit, fitted on the fit rows."""
+    import torch
+
+    x, _, targets, _, fit = reference
+    d = x.shape[1]
+    tokens = zarr.open_group(smoke_repo / "artifacts/tokens.zarr", mode="r")["rows/token"][:]
+    losses = zarr.open_group(smoke_repo / "artifacts/lm_loss.zarr", mode="r")
+    sae = load_sae(smoke_repo / f"artifacts/saes/{NAME}")
+    with torch.no_grad():
+        l0 = (sae.encode(torch.from_numpy(x.astype(np.float32))) != 0).sum(-1).numpy()
+    features = {
+        "lm_loss_current": losses["loss_current"][:].astype(np.float64),
+        "lm_loss_next": losses["loss_next"][:].astype(np.float64),
+        "sae_l0": l0.astype(np.float64),
+        "x_norm": np.linalg.norm(x, axis=1),
+    }
+    got = json.loads((smoke_repo / f"metrics/probes/{NAME}.json").read_text())
+    for column, key in ((d, "error_sq_norm_baseline_r2"), (d + 1, "error_norm_baseline_r2")):
+        y = targets[:, column]
+        train, test = fit, slice(fit.stop, None)
+        means = {t: y[train][tokens[train] == t].mean() for t in np.unique(tokens[train])}
+        by_token = np.array([means.get(t, y[train].mean()) for t in tokens[test]])
+        assert got[key]["token_id_mean"] == pytest.approx(r2(y[test], by_token), abs=1e-6)
+        for name, f in features.items():
+            finite = np.isfinite(f[train])
+            slope, intercept = np.polyfit(f[train][finite], y[train][finite], 1)
+            f_test = np.where(np.isfinite(f[test]), f[test], f[train][finite].mean())
+            assert got[key][name] == pytest.approx(r2(y[test], slope * f_test + intercept), abs=1e-5), (key, name)

@@ -220,3 +220,20 @@ def test_train_sae_param_reruns_only_sae_stages(smoke_repo):
     ran = stages_to_rerun(smoke_repo, "train_sae", "lr", 0.001)
     # (--dry cannot know yet that the SAEs will change, so it lists their dependants only in a real run.)
     assert ran == {f"train_sae@{hook}-{w}" for hook in (SMOKE_HOOK, "blocks.2.hook_mlp_out") for w in (128, 512)}, ran
+
+
+@pytest.mark.slow
+def test_sae_training_reads_only_the_rows_reserved_for_it(smoke_acts):
+    """Poison every row after the SAE rows with NaN: an SAE that read one would have NaN weights."""
+    from pipeline.activation_store import fit_rows, sae_train_rows
+
+    n_sae = sae_train_rows(smoke_acts)
+    assert (n_sae, n_sae) == (int(smoke_acts.attrs["n_sae_rows"]), fit_rows(smoke_acts)[0])
+    assert 0 < n_sae < int(smoke_acts.attrs["n_train_rows"])
+    poisoned = zarr.create_array(store={}, shape=smoke_acts.shape, chunks=smoke_acts.chunks, dtype="float32")
+    values = smoke_acts[:]
+    values[n_sae:] = np.nan
+    poisoned[:] = values
+    cfg = SaeSetConfig(hooks=[SMOKE_HOOK], widths=[64], k=8)
+    sae, _ = train_sae(poisoned, n_sae, 64, cfg, TINY_TRAIN, {}, progress=False)
+    assert all(torch.isfinite(v).all() for v in sae.state_dict().values())
