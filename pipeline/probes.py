@@ -1,8 +1,9 @@
 """Linear probes of an SAE's error from the activation (dark matter, SPEC experiments 1 and 2).
 
-Fit on train tokens, in one streaming pass, the map x -> [e, ||e||^2, ||e||] (e = x - SAE(x)),
-then in a second pass over the test tokens score it and write the linear error e_hat = x W + b
-and the nonlinear error n = e - e_hat (and W, b, for stages that need e_hat on train tokens).
+Fit on the fit rows (train tokens no SAE trained on, `activation_store.fit_rows`), in one
+streaming pass, the map x -> [e, ||e||^2, ||e||] (e = x - SAE(x)), then in a second pass over
+the test tokens score it and write the linear error e_hat = x W + b and the nonlinear error
+n = e - e_hat (and W, b, for stages that need e_hat on other tokens).
 The norm baselines of `pipeline.norm_baselines` are fitted and scored in the same passes.
 """
 

@@ -219,7 +219,8 @@ def test_empty_width_list_fails_the_dag_by_name(smoke_repo, tmp_path):
 def test_train_sae_param_reruns_only_sae_stages(smoke_repo):
     ran = stages_to_rerun(smoke_repo, "train_sae", "lr", 0.001)
     # (--dry cannot know yet that the SAEs will change, so it lists their dependants only in a real run.)
-    assert ran == {f"train_sae@{hook}-{w}" for hook in (SMOKE_HOOK, "blocks.2.hook_mlp_out") for w in (128, 512)}, ran
+    hooks = (SMOKE_HOOK, "blocks.2.hook_mlp_out", "blocks.1.hook_resid_post", "blocks.2.attn.hook_z")
+    assert ran == {f"train_sae@{hook}-{w}" for hook in hooks for w in (128, 512)}, ran
 
 
 @pytest.mark.slow
