@@ -70,8 +70,9 @@ def draw_latent_probe(hook, results: dict, window: int, path):
         order = np.argsort(result.mean_activation[fired])
         mean_act, proj = result.mean_activation[fired][order], result.projection[fired][order]
         kernel = np.ones(min(window, len(proj))) / min(window, len(proj))
+        smoothed = np.convolve(proj, kernel, mode="valid")  # no zero-padded edges
         ax.plot(mean_act, ".", markersize=2, label="mean activation when active")
-        ax.plot(np.convolve(proj, kernel, mode="same"), label=f"a*·W_dec[i], running mean of {len(kernel)}")
+        ax.plot(np.arange(len(smoothed)) + (len(kernel) - 1) / 2, smoothed, label=f"a*·W_dec[i], running mean of {len(kernel)}")
         ax.set_xlabel("latents sorted by mean activation")
         ax.set_ylabel("activation (SAE latent units)")
         ax.set_title(f"width {width}: Pearson {result.pearson:.2f}, Spearman {result.spearman:.2f}", fontsize=9)
