@@ -1,0 +1,147 @@
+"""Inference-time gradient pursuit (SPEC experiment 10): re-encode each token with the SAE's
+decoder as a dictionary, at the token's own encoder L0, to see how much of the SAE's error is
+the encoder's fault.
+
+With s = x - b_dec and D = W_dec (latents x d), per token: repeat
+    r = s - w D;  g = r D^T;  add argmax(g) (over atoms not yet chosen) to the support;
+    g_S = g restricted to the support;  c = g_S D;  eta = <c, r> / <c, c>;
+    w = max(0, w + eta g_S)
+until the support holds the token's target L0 atoms. The output is w D + b_dec. Choosing only
+new atoms makes the support grow by one per step; the clamp at zero can only drop atoms, so
+the L0 never exceeds the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import zarr
+from sae_lens import SAE
+from tqdm.auto import tqdm
+
+from pipeline.activation_store import fit_rows, iter_row_blocks
+from pipeline.config import ConfigError
+from pipeline.lstsq import FitScore, NormalEquations
+from pipeline.sae_outputs import encode_decode
+
+
+@torch.no_grad()
+def gradient_pursuit(s: torch.Tensor, decoder: torch.Tensor, target_l0: torch.Tensor) -> torch.Tensor:
+    """Batched pursuit: s (B, d), decoder (m, d), target_l0 (B,) int -> codes w (B, m) >= 0."""
+    batch, n_atoms = s.shape[0], decoder.shape[0]
+    w = torch.zeros(batch, n_atoms, dtype=s.dtype, device=s.device)
+    support = torch.zeros(batch, n_atoms, dtype=torch.bool, device=s.device)
+    rows = torch.arange(batch, device=s.device)
+    target_l0 = target_l0.to(s.device)
+    for step in range(int(target_l0.max()) if batch else 0):
+        active = target_l0 > step
+        residual = s - w @ decoder
+        g = residual @ decoder.T
+        chosen = g.masked_fill(support, float("-inf")).argmax(dim=1)
+        support[rows[active], chosen[active]] = True
+        g_support = torch.where(support, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        c = g_support @ decoder
+        eta = (c * residual).sum(-1) / (c * c).sum(-1).clamp_min(torch.finfo(s.dtype).tiny)
+        updated = torch.clamp_min(w + eta[:, None] * g_support, 0)
+        w = torch.where(active[:, None], updated, w)
+    return w
+
+
+def gradient_pursuit_reference(s: np.ndarray, decoder: np.ndarray, target_l0: int) -> np.ndarray:
+    """The same algorithm for one token, written as a plain loop (the test's reference)."""
+    w = np.zeros(decoder.shape[0])
+    support: list[int] = []
+    for _ in range(target_l0):
+        residual = s - w @ decoder
+        g = decoder @ residual
+        candidates = [i for i in np.argsort(-g, kind="stable") if i not in support]
+        support.append(int(candidates[0]))
+        g_support = np.zeros_like(g)
+        g_support[support] = g[support]
+        c = g_support @ decoder
+        denominator = c @ c
+        eta = (c @ residual) / denominator if denominator > 0 else 0.0
+        w = np.maximum(w + eta * g_support, 0)
+    return w
+
+
+@dataclass
+class PursuitConfig:
+    """The `pursuit` section."""
+
+    hooks: list[str] = field(default_factory=lambda: ["blocks.15.hook_resid_post"])
+    """Hooks whose SAEs (of `widths`) are re-encoded by pursuit."""
+    widths: list[int] = field(default_factory=lambda: [2304])
+    fit_rows: int = 20000
+    """At most this many fit rows (from their start) train the linear probes of both errors."""
+    block_rows: int = 1024
+    """Tokens per pursuit batch."""
+    device: str = "auto"
+
+    def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
+        for i, hook in enumerate(self.hooks):
+            if hook not in sae_hooks:
+                raise ConfigError(f"pursuit.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
+        for i, width in enumerate(self.widths):
+            if width not in sae_widths:
+                raise ConfigError(f"pursuit.widths[{i}]: {width} is not in sae.widths {sae_widths}")
+        if self.fit_rows < 1 or self.block_rows < 1:
+            raise ConfigError("pursuit.fit_rows / pursuit.block_rows: must be >= 1")
+
+
+@torch.no_grad()
+def encoder_and_pursuit(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_hat by the encoder, its L0 per token, x_hat by pursuit at that L0, pursuit's L0)."""
+    latents, x_hat = encode_decode(sae, x)
+    l0 = (latents != 0).sum(-1)
+    decoder = sae.W_dec.detach().to(x.dtype)
+    w = gradient_pursuit(x - sae.b_dec.detach().to(x.dtype), decoder, l0)
+    return x_hat, l0, w @ decoder + sae.b_dec.detach().to(x.dtype), (w > 0).sum(-1)
+
+
+def pursuit_metrics(sae: SAE, acts: zarr.Array, cfg: PursuitConfig, probe_bias: bool, probe_ridge: float, progress: bool = True) -> dict:
+    """Encoder vs pursuit on the test rows: FVU, L0, nonlinear FVU (each error's own linear probe,
+    fitted on the first `cfg.fit_rows` fit rows), and the per-token comparison of the two errors."""
+    start, n_train = fit_rows(acts)
+    stop = min(n_train, start + cfg.fit_rows)
+
+    def batches(first: int, last: int, desc: str):
+        for _, block in tqdm(iter_row_blocks(acts, first, last, rows=cfg.block_rows), desc=desc, disable=not progress,
+                             total=-(-(last - first) // cfg.block_rows)):
+            x = torch.from_numpy(np.asarray(block, dtype=np.float32)).to(sae.device)
+            yield x, *encoder_and_pursuit(sae, x)
+
+    probes = {"encoder": NormalEquations(bias=probe_bias), "pursuit": NormalEquations(bias=probe_bias)}
+    for x, enc, _, pur, _ in batches(start, stop, "pursuit: fit probes"):
+        x_np = x.cpu().numpy()
+        probes["encoder"].update(x_np, (x - enc).cpu().numpy())
+        probes["pursuit"].update(x_np, (x - pur).cpu().numpy())
+    fits = {name: eq.solve(probe_ridge) for name, eq in probes.items()}
+    scores = {key: FitScore() for key in ("encoder", "pursuit", "encoder_nonlinear", "pursuit_nonlinear")}
+    l0_sum = {"encoder": 0.0, "pursuit": 0.0}
+    ratios = []
+    for x, enc, enc_l0, pur, pur_l0 in batches(n_train, acts.shape[0], "pursuit: score"):
+        x_np = x.double().cpu().numpy()
+        for name, x_hat in (("encoder", enc), ("pursuit", pur)):
+            x_hat = x_hat.double().cpu().numpy()
+            scores[name].update(x_np, x_hat)
+            scores[f"{name}_nonlinear"].update(x_np, x_hat + fits[name].predict(x.cpu().numpy()))
+        l0_sum["encoder"] += float(enc_l0.sum())
+        l0_sum["pursuit"] += float(pur_l0.sum())
+        ratios.append((((x - pur) ** 2).sum(-1) / ((x - enc) ** 2).sum(-1).clamp_min(1e-30)).cpu().numpy())
+    ratios = np.concatenate(ratios)
+    n_test = len(ratios)
+    return {
+        "encoder_fvu": scores["encoder"].fvu,
+        "pursuit_fvu": scores["pursuit"].fvu,
+        "encoder_nonlinear_fvu": scores["encoder_nonlinear"].fvu,
+        "pursuit_nonlinear_fvu": scores["pursuit_nonlinear"].fvu,
+        "encoder_l0": l0_sum["encoder"] / n_test,
+        "pursuit_l0": l0_sum["pursuit"] / n_test,
+        "share_of_tokens_pursuit_better": float((ratios < 1).mean()),
+        "per_token_error_ratio": {f"q{q}": float(np.quantile(ratios, q / 100)) for q in (5, 25, 50, 75, 95)},
+        "n_test_tokens": n_test,
+        "n_fit_tokens": stop - start,
+    }
