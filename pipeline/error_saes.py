@@ -1,0 +1,83 @@
+"""SPEC experiment 8: SAEs trained on the error components of an SAE.
+
+For one SAE, the linear error e_hat = x W + b (W, b from `probes`), the nonlinear error
+n = e - e_hat and the total error e are written to a Zarr group, fit rows first then test rows.
+An SAE of the same architecture, width and k is trained on the fit rows of each (with the
+project's own `train_sae`), and scored on the test rows of the component it was trained on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from sae_lens import SAE
+
+from pipeline.activation_store import fit_rows, iter_row_blocks
+from pipeline.config import ConfigError
+from pipeline.sae_outputs import MetricAccumulator, SaeMetrics, encode_decode
+
+COMPONENTS = ("linear", "nonlinear", "total")
+
+
+@dataclass
+class ErrorSaesConfig:
+    """The `error_saes` section."""
+
+    hooks: list[str] = field(default_factory=lambda: ["blocks.15.hook_resid_post"])
+    """Hooks whose SAE (of each of `widths`) has its error components learned by new SAEs."""
+    widths: list[int] = field(default_factory=lambda: [2304])
+    block_rows: int = 4096
+
+    def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
+        for i, hook in enumerate(self.hooks):
+            if hook not in sae_hooks:
+                raise ConfigError(f"error_saes.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
+        for i, width in enumerate(self.widths):
+            if width not in sae_widths:
+                raise ConfigError(f"error_saes.widths[{i}]: {width} is not in sae.widths {sae_widths}")
+
+
+@torch.no_grad()
+def components(sae: SAE, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
+    """{linear: e_hat, nonlinear: n, total: e} for rows x, float32."""
+    x = np.asarray(x, dtype=np.float32)
+    _, x_hat = encode_decode(sae, torch.from_numpy(x).to(sae.device))
+    err = x.astype(np.float64) - x_hat.double().cpu().numpy()
+    linear = x.astype(np.float64) @ weight + bias
+    return {"linear": linear.astype(np.float32), "nonlinear": (err - linear).astype(np.float32), "total": err.astype(np.float32)}
+
+
+def write_components(sae: SAE, acts: zarr.Array, weight: np.ndarray, bias: np.ndarray, out: Path, block_rows: int) -> zarr.Group:
+    """The three components over the fit rows then the test rows of `acts`; attrs `n_train_rows`
+    = the number of fit rows (what the component SAEs train on). Written to a temporary sibling first."""
+    start, n_train = fit_rows(acts)
+    n_rows, d = acts.shape[0] - start, acts.shape[1]
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w")
+    arrays = {name: group.create_array(name, shape=(n_rows, d), chunks=(acts.chunks[0], d), dtype="float32") for name in COMPONENTS}
+    for first, x in iter_row_blocks(acts, start, rows=block_rows):
+        for name, values in components(sae, x, weight, bias).items():
+            arrays[name][first - start : first - start + len(x)] = values
+    group.attrs.update({"n_train_rows": n_train - start, "first_store_row": start})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return zarr.open_group(out, mode="r")
+
+
+def score(sae: SAE, values: zarr.Array, first_test_row: int, block_rows: int) -> SaeMetrics:
+    """FVU, L0 and dead latents of `sae` on rows [first_test_row, end) of `values`."""
+    metrics = MetricAccumulator(values.shape[1], sae.cfg.d_sae)
+    for _, block in iter_row_blocks(values, first_test_row, rows=block_rows):
+        x = torch.from_numpy(np.asarray(block, dtype=np.float32)).to(sae.device)
+        latents, x_hat = encode_decode(sae, x)
+        active = latents != 0
+        metrics.update(block, (x - x_hat).cpu().numpy(), active.sum(-1).cpu().numpy(), active.any(0).cpu().numpy())
+    return metrics.result()

@@ -1,0 +1,72 @@
+"""DVC stage `error_saes` (one per SAE in error_saes.hooks x error_saes.widths, SPEC 8): train SAEs
+of the same architecture, width and k on the linear, nonlinear and total error of an SAE, and
+compare them on test tokens."""
+
+import csv
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import zarr
+
+from pipeline.activation_store import open_store
+from pipeline.config import load_params, section
+from pipeline.error_saes import COMPONENTS, ErrorSaesConfig, score, write_components
+from pipeline.harvest import store_path
+from pipeline.plots import new_figure, save
+from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
+from pipeline.saes import CurvePoint, check_sae_fits, load_sae, save_sae, train_sae
+from stages.common import per_sae_arguments, stage, write_json
+
+
+def draw(curves: dict[str, list[CurvePoint]], metrics: dict, name: str, path: Path) -> Path:
+    fig, axes = new_figure(11, 4, ncols=2)
+    for component, curve in curves.items():
+        axes[0].plot([p.tokens for p in curve], [p.explained_variance for p in curve], label=component)
+    axes[0].set_xlabel("training samples")
+    axes[0].set_ylabel("explained variance of the batch")
+    axes[0].set_title("learning curves", fontsize=9)
+    axes[0].legend(fontsize=8)
+    axes[1].bar(list(metrics), [metrics[c]["fvu"] for c in metrics], color=["C0", "C1", "C2"])
+    axes[1].set_ylabel("FVU on test tokens of its own target")
+    axes[1].set_title("equal width and L0", fontsize=9)
+    fig.suptitle(f"SAEs trained on the error components of {name}", fontsize=10)
+    return save(fig, path)
+
+
+def main() -> None:
+    args = per_sae_arguments(__doc__, extra=(("--probes", Path), ("--curves", Path), ("--figure", Path)))
+    store = store_path(args.activations, args.hook)
+    reads = ["params.yaml:error_saes,sae,train_sae", str(store), str(args.sae), str(args.probes)]
+    with stage("error_saes", reads=reads, writes=[str(args.out), str(args.metrics), str(args.curves), str(args.figure)]):
+        params = load_params()
+        cfg = section(params, "error_saes", ErrorSaesConfig)
+        sae_set = section(params, "sae", SaeSetConfig)
+        train = section(params, "train_sae", TrainSaeConfig)
+        cfg.check_against(sae_set.hooks, sae_set.widths)
+        acts = open_store(store)
+        sae = load_sae(args.sae)
+        check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
+        probes = zarr.open_group(args.probes, mode="r")
+        args.out.mkdir(parents=True, exist_ok=True)
+        group = write_components(sae, acts, probes["probe_weight"][:], probes["probe_bias"][:], args.out / "components.zarr", cfg.block_rows)
+        n_fit = int(group.attrs["n_train_rows"])
+        results, curves = {}, {}
+        for component in COMPONENTS:
+            metadata = {"hook_name": f"{args.hook}:{component}_error_of_{args.sae.name}"}
+            trained, curves[component] = train_sae(group[component], n_fit, sae.cfg.d_sae, sae_set, train, metadata)
+            save_sae(trained, args.out / component)
+            results[component] = asdict(score(trained, group[component], n_fit, cfg.block_rows))
+            print(f"error_saes {args.sae.name} {component}: FVU {results[component]['fvu']:.4f}, "
+                  f"L0 {results[component]['l0']:.1f}, dead {results[component]['dead_fraction']:.1%}")
+        args.curves.mkdir(parents=True, exist_ok=True)
+        for component, curve in curves.items():
+            with open(args.curves / f"{component}.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(CurvePoint)])
+                writer.writeheader()
+                writer.writerows(asdict(p) for p in curve)
+        write_json(args.metrics, {f"error_sae_fvu_{c}": results[c]["fvu"] for c in COMPONENTS} | {"by_component": results})
+        draw(curves, results, args.sae.name, args.figure)
+
+
+if __name__ == "__main__":
+    main()
