@@ -15,7 +15,7 @@ import torch
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.config import ConfigError, Hook
+from pipeline.config import ConfigError, Hook, require_saes
 from pipeline.sae_outputs import encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
 
@@ -37,10 +37,7 @@ class ComponentCeConfig:
     def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
         if self.width not in sae_widths:
             raise ConfigError(f"component_ce.width: {self.width} is not in sae.widths {sae_widths}")
-        for i, hook in enumerate(self.hooks):
-            Hook.parse(hook, f"component_ce.hooks[{i}]")
-            if hook not in sae_hooks:
-                raise ConfigError(f"component_ce.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
+        require_saes("component_ce", self.hooks, [self.width], sae_hooks, sae_widths)
 
 
 @torch.no_grad()

@@ -249,3 +249,14 @@ def load_params(path: Path | str = PARAMS_FILE) -> Any:
     if not path.exists():
         raise ConfigError(f"{path}: not found; run from the repository root (or `dvc exp run` to compose it)")
     return OmegaConf.load(path)
+
+
+def require_saes(key: str, hooks: list[str], widths: list[int], sae_hooks: list[str], sae_widths: list[int]) -> None:
+    """An analysis section (`key`) names SAEs by hooks x widths: each must be in the `sae` section."""
+    for i, hook in enumerate(hooks):
+        Hook.parse(hook, f"{key}.hooks[{i}]")
+        if hook not in sae_hooks:
+            raise ConfigError(f"{key}.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
+    for i, width in enumerate(widths):
+        if width not in sae_widths:
+            raise ConfigError(f"{key}.widths[{i}]: {width} is not in sae.widths {sae_widths}")

@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ import zarr
 from sae_lens import SAE
 
 from pipeline.activation_store import fit_rows, iter_row_blocks
-from pipeline.config import ConfigError
+from pipeline.config import require_saes
+from pipeline.judge import top_examples
 from pipeline.sae_outputs import MetricAccumulator, SaeMetrics, encode_decode
 
 COMPONENTS = ("linear", "nonlinear", "total")
@@ -33,14 +35,18 @@ class ErrorSaesConfig:
     """Hooks whose SAE (of each of `widths`) has its error components learned by new SAEs."""
     widths: list[int] = field(default_factory=lambda: [2304])
     block_rows: int = 4096
+    judge: Optional[str] = None
+    """Automated interpretability (`pipeline.judge`): "package.module:attribute" of a judge
+    factory, or null (off)."""
+    judge_latents: int = 20
+    """Latents judged per error SAE (the most often active on the judged rows)."""
+    judge_examples: int = 10
+    """Top-activating contexts shown per latent."""
+    judge_rows: int = 4096
+    """Test rows (from their start) searched for the top-activating contexts."""
 
     def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
-        for i, hook in enumerate(self.hooks):
-            if hook not in sae_hooks:
-                raise ConfigError(f"error_saes.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
-        for i, width in enumerate(self.widths):
-            if width not in sae_widths:
-                raise ConfigError(f"error_saes.widths[{i}]: {width} is not in sae.widths {sae_widths}")
+        require_saes("error_saes", self.hooks, self.widths, sae_hooks, sae_widths)
 
 
 @torch.no_grad()
@@ -81,3 +87,19 @@ def score(sae: SAE, values: zarr.Array, first_test_row: int, block_rows: int) ->
         active = latents != 0
         metrics.update(block, (x - x_hat).cpu().numpy(), active.sum(-1).cpu().numpy(), active.any(0).cpu().numpy())
     return metrics.result()
+
+
+@torch.no_grad()
+def judge_score(sae: SAE, values: zarr.Array, first_test_row: int, first_store_row: int, contexts: np.ndarray,
+                scored: np.ndarray, decode, judge, cfg: ErrorSaesConfig) -> float:
+    """Mean judge score over the SAE's most active latents, from their top-activating test
+    contexts (`contexts` and their `scored` mask locate each store row's token)."""
+    rows = np.asarray(values[first_test_row : first_test_row + cfg.judge_rows], dtype=np.float32)
+    latents, _ = encode_decode(sae, torch.from_numpy(rows).to(sae.device))
+    row_context, row_position = np.nonzero(scored)  # store row -> (context, position)
+    store_rows = slice(first_store_row + first_test_row, first_store_row + first_test_row + len(rows))
+    examples = top_examples(
+        latents.float().cpu().numpy(), row_context[store_rows], row_position[store_rows], contexts,
+        decode, cfg.judge_latents, cfg.judge_examples,
+    )
+    return float(np.mean([judge.score(e) for e in examples]))

@@ -47,7 +47,7 @@ def epsilon_random(x: torch.Tensor, x_hat: torch.Tensor, generator: torch.Genera
 
 def cov_random(x: torch.Tensor, x_hat: torch.Tensor, stats: ActivationStats, generator: torch.Generator) -> torch.Tensor:
     """As epsilon_random, but the direction is drawn from N(0, Sigma) (Lee & Heimersheim)."""
-    g = _random_direction(x.shape, x, generator) @ stats.cov_factor.T.to(x.dtype)
+    g = _random_direction(x.shape, x, generator) @ stats.cov_factor.T.to(device=x.device, dtype=x.dtype)
     return x + (x - x_hat).norm(dim=-1, keepdim=True) * _unit(g)
 
 
@@ -80,5 +80,5 @@ def replacement(name: str, x: torch.Tensor, x_hat: torch.Tensor, stats: Activati
     if name == "zero":
         return torch.zeros_like(x)
     if name == "mean":
-        return stats.mean.to(x.dtype).expand_as(x).clone()
+        return stats.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
     raise ValueError(f"unknown intervention {name!r}; known: {', '.join(INTERVENTIONS)}")

@@ -19,7 +19,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
-from pipeline.config import ConfigError, Hook
+from pipeline.config import ConfigError, Hook, require_saes
 from pipeline.interventions import INTERVENTIONS, ActivationStats, epsilon_random, replacement
 from pipeline.sae_outputs import encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
@@ -49,13 +49,7 @@ class InterventionsConfig:
     device: str = "auto"
 
     def check_against(self, sae_hooks: list[str], sae_widths: list[int], context_length: int, skip: int) -> None:
-        for i, hook in enumerate(self.hooks):
-            Hook.parse(hook, f"interventions.hooks[{i}]")
-            if hook not in sae_hooks:
-                raise ConfigError(f"interventions.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
-        for i, width in enumerate(self.widths):
-            if width not in sae_widths:
-                raise ConfigError(f"interventions.widths[{i}]: {width} is not in sae.widths {sae_widths}")
+        require_saes("interventions", self.hooks, self.widths, sae_hooks, sae_widths)
         if self.n_contexts < 1 or self.batch_size < 1 or self.n_draws < 0 or self.bootstrap < 1:
             raise ConfigError("interventions.n_contexts / batch_size / bootstrap must be >= 1 and n_draws >= 0")
         if self.single_position is not None and not skip <= self.single_position < context_length - 1:

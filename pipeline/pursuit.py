@@ -22,7 +22,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import fit_rows, iter_row_blocks
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, require_saes
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.sae_outputs import encode_decode
 
@@ -81,12 +81,7 @@ class PursuitConfig:
     device: str = "auto"
 
     def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
-        for i, hook in enumerate(self.hooks):
-            if hook not in sae_hooks:
-                raise ConfigError(f"pursuit.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
-        for i, width in enumerate(self.widths):
-            if width not in sae_widths:
-                raise ConfigError(f"pursuit.widths[{i}]: {width} is not in sae.widths {sae_widths}")
+        require_saes("pursuit", self.hooks, self.widths, sae_hooks, sae_widths)
         if self.fit_rows < 1 or self.block_rows < 1:
             raise ConfigError("pursuit.fit_rows / pursuit.block_rows: must be >= 1")
 

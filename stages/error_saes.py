@@ -10,11 +10,14 @@ import zarr
 
 from pipeline.activation_store import open_store
 from pipeline.config import load_params, section
-from pipeline.error_saes import COMPONENTS, ErrorSaesConfig, score, write_components
+from pipeline.error_saes import COMPONENTS, ErrorSaesConfig, judge_score, score, write_components
 from pipeline.harvest import store_path
+from pipeline.judge import load_judge
+from pipeline.models import load_tokenizer
 from pipeline.plots import new_figure, save
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
 from pipeline.saes import CurvePoint, check_sae_fits, load_sae, save_sae, train_sae
+from pipeline.tokens import TokenStore
 from stages.common import per_sae_arguments, stage, write_json
 
 
@@ -34,7 +37,8 @@ def draw(curves: dict[str, list[CurvePoint]], metrics: dict, name: str, path: Pa
 
 
 def main() -> None:
-    args = per_sae_arguments(__doc__, extra=(("--probes", Path), ("--curves", Path), ("--figure", Path)))
+    extra = (("--probes", Path), ("--model", Path), ("--tokens", Path), ("--curves", Path), ("--figure", Path))
+    args = per_sae_arguments(__doc__, extra=extra)
     store = store_path(args.activations, args.hook)
     reads = ["params.yaml:error_saes,sae,train_sae", str(store), str(args.sae), str(args.probes)]
     with stage("error_saes", reads=reads, writes=[str(args.out), str(args.metrics), str(args.curves), str(args.figure)]):
@@ -50,12 +54,20 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         group = write_components(sae, acts, probes["probe_weight"][:], probes["probe_bias"][:], args.out / "components.zarr", cfg.block_rows)
         n_fit = int(group.attrs["n_train_rows"])
+        judge = load_judge(cfg.judge) if cfg.judge else None
+        if judge:
+            tokens, tokenizer = TokenStore.open(args.tokens), load_tokenizer(args.model)
         results, curves = {}, {}
         for component in COMPONENTS:
             metadata = {"hook_name": f"{args.hook}:{component}_error_of_{args.sae.name}"}
             trained, curves[component] = train_sae(group[component], n_fit, sae.cfg.d_sae, sae_set, train, metadata)
             save_sae(trained, args.out / component)
             results[component] = asdict(score(trained, group[component], n_fit, cfg.block_rows))
+            if judge:
+                results[component]["judge_score"] = judge_score(
+                    trained, group[component], n_fit, int(group.attrs["first_store_row"]), tokens.contexts, tokens.mask,
+                    tokenizer.decode, judge, cfg,
+                )
             print(f"error_saes {args.sae.name} {component}: FVU {results[component]['fvu']:.4f}, "
                   f"L0 {results[component]['l0']:.1f}, dead {results[component]['dead_fraction']:.1%}")
         args.curves.mkdir(parents=True, exist_ok=True)
