@@ -66,15 +66,24 @@ def fit_power_law(widths, fvu) -> PowerLaw:
     return PowerLaw(c=float(c), a=float(a * w.min() ** m), m=float(m))
 
 
-BANDS = ("nonlinear", "linear_persistent", "above_asymptote")
+BANDS = ("nonlinear", "encoder", "linear_persistent", "above_asymptote")
 
 
-def error_bands(fvu: np.ndarray, nonlinear_fvu: np.ndarray, asymptote: float) -> dict[str, np.ndarray]:
-    """Per width, bands that stack to the SAE's FVU exactly:
-    nonlinear FVU; the rest of the asymptote c (linear error that persists); what is above c."""
-    fvu, nonlinear = np.asarray(fvu, dtype=np.float64), np.asarray(nonlinear_fvu, dtype=np.float64)
-    above = np.clip(fvu - np.maximum(asymptote, nonlinear), 0, None)
-    return {"nonlinear": nonlinear, "linear_persistent": fvu - nonlinear - above, "above_asymptote": above}
+def error_bands(
+    fvu: np.ndarray, nonlinear_fvu: np.ndarray, asymptote: float, pursuit: dict[int, dict] | None = None
+) -> dict[str, np.ndarray]:
+    """Per width, bands that stack to the SAE's FVU exactly: the nonlinear error; the encoder
+    error (what gradient pursuit removes, where `pursuit` has the width's metrics: then the
+    nonlinear band is pursuit's nonlinear FVU); the rest of the asymptote c (linear error that
+    persists); what is above c. `pursuit` maps a width's index to its `pursuit` metrics."""
+    fvu = np.asarray(fvu, dtype=np.float64)
+    nonlinear = np.array(nonlinear_fvu, dtype=np.float64)
+    encoder = np.zeros_like(fvu)
+    for i, metrics in (pursuit or {}).items():
+        encoder[i] = metrics["encoder_fvu"] - metrics["pursuit_fvu"]
+        nonlinear[i] = metrics["pursuit_nonlinear_fvu"]
+    above = np.clip(fvu - np.maximum(asymptote, nonlinear + encoder), 0, None)
+    return {"nonlinear": nonlinear, "encoder": encoder, "linear_persistent": fvu - nonlinear - encoder - above, "above_asymptote": above}
 
 
 def _r2_split(features: list[np.ndarray], target: np.ndarray, split: int) -> float:

@@ -33,15 +33,21 @@ def row_norms(array: zarr.Array, block_rows: int) -> np.ndarray:
     return np.concatenate([np.linalg.norm(np.asarray(b, dtype=np.float64), axis=1) for _, b in iter_row_blocks(array, rows=block_rows)])
 
 
-def draw_bands(hook, widths, fvu, nonlinear, law, path):
+def draw_bands(hook, widths, fvu, bands, law, path):
     fig, ax = new_figure()
-    bands = error_bands(fvu, nonlinear, law.c if law else np.inf)
     labels = {
         "nonlinear": "nonlinear error (FVU with ê added back)",
+        "encoder": "encoder error (removed by gradient pursuit)",
         "linear_persistent": "linear error below the asymptote c" if law else "linear error (no fit: < 3 widths)",
         "above_asymptote": "above the asymptote (features not yet learned)",
     }
-    ax.stackplot(widths, [bands[b] for b in BANDS], labels=[labels[b] for b in BANDS], alpha=0.75)
+    bottom = np.zeros(len(widths))
+    bar_widths = np.asarray(widths) * 0.35  # equal-looking bars on a log axis
+    for band in BANDS:
+        if band == "encoder" and not bands[band].any():
+            continue
+        ax.bar(widths, bands[band], bar_widths, bottom=bottom, label=labels[band], alpha=0.8)
+        bottom += bands[band]
     ax.plot(widths, fvu, "ko", label="SAE FVU (test tokens)")
     if law:
         grid = np.geomspace(min(widths), max(widths) * 4, 100)
@@ -112,14 +118,15 @@ def main() -> None:
             for width, name, group in zip(widths, names, outputs):
                 latent[width] = latent_vs_probe(load_sae(args.saes / name), acts, group, cfg.block_rows)
 
-            bands = error_bands(fvu, nonlinear, law.c if law else np.inf)
+            pursuit = {i: json.loads(p.read_text()) for i, n in enumerate(names) if (p := args.metrics_dir / "pursuit" / f"{n}.json").exists()}
+            bands = error_bands(fvu, nonlinear, law.c if law else np.inf, pursuit)
             args.plots.mkdir(parents=True, exist_ok=True)
             with open(args.plots / f"{hook}.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["width", "fvu", "fvu_fit", "nonlinear_fvu", *BANDS])
                 for i, w in enumerate(widths):
                     writer.writerow([w, fvu[i], law(w) if law else "", nonlinear[i], *(bands[b][i] for b in BANDS)])
-            draw_bands(hook, widths, fvu, nonlinear, law, args.figures / f"{hook}-bands.png")
+            draw_bands(hook, widths, fvu, bands, law, args.figures / f"{hook}-bands.png")
             draw_per_token(hook, widths, r2, gain, args.figures / f"{hook}-per_token.png")
             draw_latent_probe(hook, latent, cfg.smoothing_latents, args.figures / f"{hook}-latent_vs_probe.png")
 

@@ -49,3 +49,13 @@ def test_per_token_scaling_finds_the_planted_dependence():
     assert r2[0, 1] == pytest.approx(expected_r2, abs=0.02)
     assert gain[0, 1] == pytest.approx(expected_gain, abs=0.02)
     assert np.isnan(r2[1, 0]) and np.isnan(r2[0, 0])
+
+
+def test_encoder_band_comes_from_pursuit_where_measured():
+    fvu, nonlinear = np.array([0.30, 0.22]), np.array([0.10, 0.11])
+    pursuit = {1: {"encoder_fvu": 0.22, "pursuit_fvu": 0.17, "pursuit_nonlinear_fvu": 0.09}}
+    bands = error_bands(fvu, nonlinear, asymptote=0.15, pursuit=pursuit)
+    np.testing.assert_allclose(sum(bands[b] for b in BANDS), fvu)
+    np.testing.assert_allclose(bands["encoder"], [0.0, 0.05])
+    np.testing.assert_allclose(bands["nonlinear"], [0.10, 0.09])
+    np.testing.assert_allclose(bands["above_asymptote"], [0.15, 0.07])
