@@ -37,6 +37,8 @@ class ProbesConfig:
     """L2 penalty on W (not on b)."""
     block_rows: int = 4096
     """Rows per streamed block."""
+    device: str = "auto"
+    """Where the SAE runs: auto (CUDA when present) | cpu | cuda | cuda:N."""
 
     def __post_init__(self) -> None:
         if self.ridge < 0:

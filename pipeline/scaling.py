@@ -38,6 +38,8 @@ class ScalingConfig:
     """Window (in latents, sorted by mean activation) of the running mean in the latent-vs-probe figure."""
     block_rows: int = 4096
     """Rows per streamed block."""
+    device: str = "auto"
+    """Where the SAE runs: auto (CUDA when present) | cpu | cuda | cuda:N."""
 
 
 @dataclass

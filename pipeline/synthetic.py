@@ -45,6 +45,8 @@ class SyntheticConfig:
     masked_fraction: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
     """Shares of latents (lowest mean activation first) dropped from the reconstruction."""
     seed: int = 0
+    device: str = "auto"
+    """Where the SAE runs: auto (CUDA when present) | cpu | cuda | cuda:N."""
 
     def __post_init__(self) -> None:
         for key in ("activation_noise", "introduced_noise", "masked_fraction"):

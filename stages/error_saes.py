@@ -13,7 +13,7 @@ from pipeline.config import load_params, section
 from pipeline.error_saes import COMPONENTS, ErrorSaesConfig, judge_score, score, write_components
 from pipeline.harvest import store_path
 from pipeline.judge import load_judge
-from pipeline.models import load_tokenizer
+from pipeline.models import load_tokenizer, resolve_device
 from pipeline.plots import new_figure, save
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
 from pipeline.saes import CurvePoint, check_sae_fits, load_sae, save_sae, train_sae
@@ -48,7 +48,7 @@ def main() -> None:
         train = section(params, "train_sae", TrainSaeConfig)
         cfg.check_against(sae_set.hooks, sae_set.widths)
         acts = open_store(store)
-        sae = load_sae(args.sae)
+        sae = load_sae(args.sae, device=str(resolve_device(train.device)))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         probes = zarr.open_group(args.probes, mode="r")
         args.out.mkdir(parents=True, exist_ok=True)

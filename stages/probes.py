@@ -6,6 +6,7 @@ from pathlib import Path
 from pipeline.activation_store import open_store
 from pipeline.config import load_params, section
 from pipeline.harvest import store_path
+from pipeline.models import resolve_device
 from pipeline.norm_baselines import RowFeatures
 from pipeline.probes import ProbesConfig, fit_component_norm_probes, fit_error_probes, score_error_probes
 from pipeline.saes import check_sae_fits, load_sae
@@ -19,7 +20,7 @@ def main() -> None:
     with stage("probes", reads=reads, writes=[str(args.out), str(args.metrics)]):
         cfg = section(load_params(), "probes", ProbesConfig)
         acts = open_store(store)
-        sae = load_sae(args.sae)
+        sae = load_sae(args.sae, device=str(resolve_device(cfg.device)))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         rows = RowFeatures.open(args.tokens, args.lm_loss, acts.shape[0])
         fit, baselines = fit_error_probes(sae, acts, rows, cfg)

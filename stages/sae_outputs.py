@@ -1,9 +1,10 @@
 """DVC stage `sae_outputs` (one per SAE): per-token reconstructions, errors and latents on test tokens."""
 
-
 from pipeline.activation_store import open_store
+from pipeline.config import load_params, section
 from pipeline.harvest import store_path
-from pipeline.sae_outputs import write_sae_outputs
+from pipeline.models import resolve_device
+from pipeline.sae_outputs import SaeOutputsConfig, write_sae_outputs
 from pipeline.saes import check_sae_fits, load_sae
 from stages.common import per_sae_arguments, stage, write_json
 
@@ -11,12 +12,13 @@ from stages.common import per_sae_arguments, stage, write_json
 def main() -> None:
     args = per_sae_arguments(__doc__)
     store = store_path(args.activations, args.hook)
-    with stage("sae_outputs", reads=[str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
+    with stage("sae_outputs", reads=["params.yaml:sae_outputs", str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
         acts = open_store(store)
-        sae = load_sae(args.sae)
+        cfg = section(load_params(), "sae_outputs", SaeOutputsConfig)
+        sae = load_sae(args.sae, device=str(resolve_device(cfg.device)))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         attrs = {"sae": str(args.sae), "hook": args.hook, "d_sae": sae.cfg.d_sae, "token_store_hash": acts.attrs["token_store_hash"]}
-        metrics, rate = write_sae_outputs(sae, acts, int(acts.attrs["n_train_rows"]), args.out, attrs)
+        metrics, rate = write_sae_outputs(sae, acts, int(acts.attrs["n_train_rows"]), args.out, attrs, block_rows=cfg.block_rows)
         write_json(args.metrics, metrics.as_dict())
         print(f"sae_outputs {args.sae.name}: FVU {metrics.fvu:.4f}, L0 {metrics.l0:.1f}, dead {metrics.dead_fraction:.1%} "
               f"on {metrics.n_test_tokens} test tokens ({rate:.0f} tokens/s) -> {args.out}")

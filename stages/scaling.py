@@ -13,6 +13,7 @@ import zarr
 from pipeline.activation_store import iter_row_blocks, open_store
 from pipeline.config import load_params, section
 from pipeline.harvest import store_path
+from pipeline.models import resolve_device
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.sae_config import SaeSetConfig, sae_name
 from pipeline.saes import load_sae
@@ -116,7 +117,7 @@ def main() -> None:
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, split)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
-                latent[width] = latent_vs_probe(load_sae(args.saes / name), acts, group, cfg.block_rows)
+                latent[width] = latent_vs_probe(load_sae(args.saes / name, device=str(resolve_device(cfg.device))), acts, group, cfg.block_rows)
 
             pursuit = {i: json.loads(p.read_text()) for i, n in enumerate(names) if (p := args.metrics_dir / "pursuit" / f"{n}.json").exists()}
             bands = error_bands(fvu, nonlinear, law.c if law else np.inf, pursuit)

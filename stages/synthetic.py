@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.activation_store import fit_rows, open_store
 from pipeline.config import ConfigError, load_params, section
 from pipeline.harvest import store_path
+from pipeline.models import resolve_device
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.sae_config import SaeSetConfig, sae_name
 from pipeline.saes import check_sae_fits, load_sae
@@ -53,7 +54,7 @@ def main() -> None:
             raise ConfigError(f"synthetic.hook / synthetic.width: no SAE {sae_name(cfg.hook, cfg.width)} "
                               f"(sae.hooks {sae_set.hooks}, sae.widths {sae_set.widths})")
         acts = open_store(store_path(args.activations, cfg.hook))
-        sae = load_sae(args.saes / sae_name(cfg.hook, cfg.width))
+        sae = load_sae(args.saes / sae_name(cfg.hook, cfg.width), device=str(resolve_device(cfg.device)))
         check_sae_fits(sae, acts.shape[1], cfg.width, str(args.saes / sae_name(cfg.hook, cfg.width)))
         start, n_train = fit_rows(acts)
         train = acts[start : min(start + cfg.train_rows, n_train)]
