@@ -155,11 +155,15 @@ def _curve_point(trainer: SAETrainer, out, step: int) -> CurvePoint:
 
 
 def save_sae(sae: SAE, out_dir: Path) -> None:
-    """Write sae-lens's inference format into `out_dir` via a temporary sibling (never half-written)."""
+    """Write sae-lens's inference format into `out_dir` via a temporary sibling (never half-written).
+    A training SAE is converted; a loaded (pretrained) SAE is already in that format."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_inference_model(tmp)
+    if hasattr(sae, "save_inference_model"):
+        sae.save_inference_model(tmp)
+    else:
+        sae.save_model(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 

@@ -153,6 +153,8 @@ def test_local_pretrained_release_loads_in_sae_lens_format(tmp_path):
 
     direct = SAE.load_from_disk(tmp_path / "release" / "layer_4" / "width_2k" / "canonical")
     assert torch.equal(loaded.W_dec, direct.W_dec) and torch.equal(loaded.W_enc, direct.W_enc)
+    save_sae(loaded, tmp_path / "copied")  # what train_sae does with a pretrained SAE
+    assert torch.equal(SAE.load_from_disk(tmp_path / "copied").W_enc, direct.W_enc)
 
     with pytest.raises(
         ConfigError,
