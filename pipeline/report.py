@@ -376,7 +376,7 @@ body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; 
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f2f2f2; } tr:last-child td { font-style: normal; }
+th { background: #f2f2f2; }
 .meaning { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.4em 0.8em; }
 .figures { display: flex; flex-wrap: wrap; gap: 0.8em; } .figures figure { flex: 1 1 520px; margin: 0; max-width: 900px; }
 .figures img { width: 100%; border: 1px solid #ddd; }
