@@ -169,7 +169,8 @@ def _sae_figure(grouped: dict[str, list[tuple[int, dict]]], curves: Path, path: 
     left.set(xlabel="SAE width (latents)", ylabel="test FVU", title="FVU against width")
     right.set(xlabel="training tokens", ylabel="explained variance (training batch)", title="Training curves (widest SAE per hook)")
     for ax in (left, right):
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a run without training curves (pretrained SAEs) has none
+            ax.legend(fontsize=7)
     return save(fig, path)
 
 

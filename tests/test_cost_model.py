@@ -15,14 +15,11 @@ import cost_model  # noqa: E402
 
 
 def test_shape_counts_the_real_models_parameters(smoke_repo):
-    import torch
-
     from pipeline.models import load_model
 
     model = load_model(smoke_repo / "artifacts" / "model", "float32", "cpu")
     real = sum(p.numel() for p in model.parameters() if p.dim() > 1)  # norms and biases are not matmuls
     assert cost_model.SHAPES["smollm2_135m"].params() == real
-    del model, torch
 
 
 def test_measured_rates_give_back_each_benchmarks_throughput():

@@ -3,12 +3,12 @@ DVC remote (a local directory standing in for object storage) that another clone
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import fsspec
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.activation_store import IncompleteStoreError, iter_row_blocks, open_store
 from pipeline.store_urls import open_store_at
@@ -41,10 +41,8 @@ def test_an_unfinished_store_at_a_url_is_refused(store_in_memory_fs):
     _, url = store_in_memory_fs
     fs = fsspec.filesystem("memory")
     meta_path = f"{url}/zarr.json"
-    meta = yaml.safe_load(fs.cat(meta_path))  # JSON is YAML
+    meta = json.loads(fs.cat(meta_path))
     meta["attributes"]["committed_rows"] = 5
-    import json
-
     fs.pipe(meta_path, json.dumps(meta).encode())
     with pytest.raises(IncompleteStoreError, match="only 5 of"):
         open_store_at(url)
