@@ -96,7 +96,7 @@ def main() -> None:
 
     sae.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        _, outputs_rate = write_sae_outputs(sae, acts, n_train, Path(tmp) / "out.zarr", {}, progress=False)
+        _, outputs_rate = write_sae_outputs(sae, acts, Path(tmp) / "out.zarr", {}, progress=False)
     bare_outputs_rate = bare_outputs(sae, torch.from_numpy(np.asarray(acts[n_train:])), 4096)
 
     rows = [

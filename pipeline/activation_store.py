@@ -111,14 +111,3 @@ def iter_row_blocks(
         end = min(stop, (first // step + 1) * step)
         yield first, array[first:end]
         first = end
-
-
-def sae_train_rows(acts: zarr.Array) -> int:
-    """SAEs train on rows [0, n): the rows reserved by `tokens.sae_fraction`, else every train row."""
-    return int(acts.attrs.get("n_sae_rows", 0)) or int(acts.attrs["n_train_rows"])
-
-
-def fit_rows(acts: zarr.Array) -> tuple[int, int]:
-    """Rows [start, stop) that dark-matter fits (probes, maps, baselines) train on: the train rows
-    no SAE trained on (every train row when `tokens.sae_fraction` is 0). Test rows start at stop."""
-    return int(acts.attrs.get("n_sae_rows", 0)), int(acts.attrs["n_train_rows"])

@@ -21,11 +21,12 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.activation_store import fit_rows, open_store
+from pipeline.activation_store import open_store
 from pipeline.config import ConfigError, Hook
 from pipeline.harvest import store_path
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.probes import reconstruct
+from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.saes import check_sae_fits, load_sae
 
@@ -118,7 +119,8 @@ def fit_and_score(
     systems = {name: blocks for name, blocks in sets.items() if len(blocks) == 1}
     systems["combined"] = combined
     n_rows = stores[target_role].shape[0]
-    fit_start, n_train = fit_rows(stores[target_role])
+    split = RowSplit.of(stores[target_role])
+    fit_start, n_train = split.fit_rows.start, split.n_train_rows
 
     def batches(start: int, stop: int, desc: str):
         for first in tqdm(range(start, stop, cfg.block_rows), desc=desc, disable=not progress):

@@ -19,9 +19,10 @@ import torch
 import zarr
 from sae_lens import SAE
 
-from pipeline.activation_store import fit_rows, iter_row_blocks
+from pipeline.activation_store import iter_row_blocks
 from pipeline.config import require_saes
 from pipeline.judge import top_examples
+from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import MetricAccumulator, SaeMetrics, encode_decode
 
 COMPONENTS = ("linear", "nonlinear", "total")
@@ -60,9 +61,11 @@ def components(sae: SAE, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) ->
 
 
 def write_components(sae: SAE, acts: zarr.Array, weight: np.ndarray, bias: np.ndarray, out: Path, block_rows: int) -> zarr.Group:
-    """The three components over the fit rows then the test rows of `acts`; attrs `n_train_rows`
-    = the number of fit rows (what the component SAEs train on). Written to a temporary sibling first."""
-    start, n_train = fit_rows(acts)
+    """The three components over the fit rows then the test rows of `acts`; attrs `n_fit_rows`
+    (the leading rows, which the component SAEs train on; the rest are test rows) and
+    `first_store_row` (the activation-store row of its row 0). Written to a temporary sibling first."""
+    split = RowSplit.of(acts)
+    start, n_train = split.fit_rows.start, split.n_train_rows
     n_rows, d = acts.shape[0] - start, acts.shape[1]
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
@@ -72,7 +75,7 @@ def write_components(sae: SAE, acts: zarr.Array, weight: np.ndarray, bias: np.nd
     for first, x in iter_row_blocks(acts, start, rows=block_rows):
         for name, values in components(sae, x, weight, bias).items():
             arrays[name][first - start : first - start + len(x)] = values
-    group.attrs.update({"n_train_rows": n_train - start, "first_store_row": start})
+    group.attrs.update({"n_fit_rows": n_train - start, "first_store_row": start})
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return zarr.open_group(out, mode="r")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import ActivationWriter
+from pipeline.code_deps import ROOT, closure
 from pipeline.config import HarvestConfig, Hook
 from pipeline.models import (
     checkpoint_fingerprint,
@@ -60,12 +60,12 @@ def validate(cfg: HarvestConfig, model_dir: Path) -> list[Hook]:
 
 
 def _code_hash() -> str:
-    """Hash of the source that computes activations: a partial store from other code is not resumed."""
-    from pipeline import activation_store, models, sites
-
+    """Hash of the code the harvest stage runs (the same closure dvc.yaml lists as its deps):
+    a partial store written by other code is not resumed."""
     digest = hashlib.sha256()
-    for module in (sys.modules[__name__], activation_store, models, sites):
-        digest.update(Path(module.__file__).read_bytes())
+    for path in closure("stages.harvest"):
+        digest.update(path.encode())
+        digest.update((ROOT / path).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -133,8 +133,7 @@ def harvest(
                 "compute_dtype": cfg.compute_dtype,
                 "store_dtype": cfg.store_dtype,
                 "token_store_hash": tokens.content_hash,
-                "n_train_rows": tokens.n_train_rows,
-                "n_sae_rows": tokens.n_sae_rows,
+                **tokens.split.as_attrs(),
             },
         )
         for h in hooks

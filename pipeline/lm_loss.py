@@ -50,6 +50,6 @@ def write_lm_loss(model_dir: Path, token_store: Path, out: Path, batch_size: int
     for name, parts in (("loss_current", current), ("loss_next", following)):
         values = np.concatenate(parts).astype(np.float32)
         group.create_array(name, data=values, chunks=(max(1, len(values)),))
-    group.attrs.update({"token_store_hash": tokens.content_hash, "n_rows": tokens.n_rows, "n_train_rows": tokens.n_train_rows})
+    group.attrs.update({"token_store_hash": tokens.content_hash, **tokens.split.as_attrs()})
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

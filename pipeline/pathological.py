@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from pipeline.activation_store import iter_row_blocks
 from pipeline.config import ConfigError, Hook, require_saes
 from pipeline.interventions import INTERVENTIONS, ActivationStats, epsilon_random, replacement
+from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
 
@@ -59,11 +60,12 @@ class InterventionsConfig:
             )
 
 
-def activation_stats(acts: zarr.Array, n_train: int, block_rows: int = 4096) -> ActivationStats:
+def activation_stats(acts: zarr.Array, block_rows: int = 4096) -> ActivationStats:
     """Mean and covariance factor of the train rows, streamed in float64."""
     d = acts.shape[1]
     total, outer, n, shift = np.zeros(d), np.zeros((d, d)), 0, None
-    for _, block in iter_row_blocks(acts, 0, n_train, rows=block_rows):
+    train_rows = RowSplit.of(acts).train_rows
+    for _, block in iter_row_blocks(acts, train_rows.start, train_rows.stop, rows=block_rows):
         x = np.asarray(block, dtype=np.float64)
         shift = x.mean(0) if shift is None else shift
         centred = x - shift

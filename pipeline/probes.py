@@ -1,6 +1,6 @@
 """Linear probes of an SAE's error from the activation (dark matter, SPEC experiments 1 and 2).
 
-Fit on the fit rows (train tokens no SAE trained on, `activation_store.fit_rows`), in one
+Fit on the fit rows (train tokens no SAE trained on, `RowSplit.fit_rows`), in one
 streaming pass, the map x -> [e, ||e||^2, ||e||] (e = x - SAE(x)), then in a second pass over
 the test tokens score it and write the linear error e_hat = x W + b and the nonlinear error
 n = e - e_hat (and W, b, for stages that need e_hat on other tokens).
@@ -20,10 +20,11 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.activation_store import fit_rows, iter_row_blocks
+from pipeline.activation_store import iter_row_blocks
 from pipeline.config import ConfigError
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
 from pipeline.norm_baselines import BaselineScores, NormBaselines, RowFeatures
+from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
 
 
@@ -103,9 +104,10 @@ def _targets(err: np.ndarray) -> np.ndarray:
 def fit_error_probes(
     sae: SAE, acts: zarr.Array, rows: RowFeatures, cfg: ProbesConfig, progress: bool = True
 ) -> tuple[LinearFit, NormBaselines]:
-    """One pass over the fit rows (`fit_rows`): the joint fit of e, ||e||^2 and ||e|| on x, and the norm baselines."""
+    """One pass over the fit rows: the joint fit of e, ||e||^2 and ||e|| on x, and the norm baselines."""
     d = acts.shape[1]
-    start, stop = fit_rows(acts)
+    fit_rows = RowSplit.of(acts).fit_rows
+    start, stop = fit_rows.start, fit_rows.stop
     equations, baselines = NormalEquations(bias=cfg.bias), NormBaselines()
     blocks = iter_row_blocks(acts, start, stop, rows=cfg.block_rows)
     for first, x in tqdm(blocks, total=-(-(stop - start) // cfg.block_rows), desc="probes: fit", disable=not progress):
@@ -120,7 +122,8 @@ def fit_error_probes(
 def fit_component_norm_probes(sae: SAE, acts: zarr.Array, fit: LinearFit, cfg: ProbesConfig, progress: bool = True) -> LinearFit:
     """A second pass over the fit rows (n needs the fitted map): x -> squared norm of each component."""
     d = acts.shape[1]
-    start, stop = fit_rows(acts)
+    fit_rows = RowSplit.of(acts).fit_rows
+    start, stop = fit_rows.start, fit_rows.stop
     equations = NormalEquations(bias=True)
     blocks = iter_row_blocks(acts, start, stop, rows=cfg.block_rows)
     for _, x in tqdm(blocks, total=-(-(stop - start) // cfg.block_rows), desc="probes: norms", disable=not progress):
@@ -143,8 +146,8 @@ def score_error_probes(
     """One pass over the test rows: score the probes and baselines, write e_hat, n and the probe's W, b
     (`probe_weight`, `probe_bias`) to the Zarr group `out`."""
     d = acts.shape[1]
-    _, n_train = fit_rows(acts)
-    n_test = acts.shape[0] - n_train
+    split = RowSplit.of(acts)
+    n_train, n_test = split.n_train_rows, split.n_test_rows
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

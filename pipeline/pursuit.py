@@ -21,9 +21,10 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.activation_store import fit_rows, iter_row_blocks
+from pipeline.activation_store import iter_row_blocks
 from pipeline.config import ConfigError, require_saes
 from pipeline.lstsq import FitScore, NormalEquations
+from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
 
 
@@ -99,7 +100,8 @@ def encoder_and_pursuit(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.
 def pursuit_metrics(sae: SAE, acts: zarr.Array, cfg: PursuitConfig, probe_bias: bool, probe_ridge: float, progress: bool = True) -> dict:
     """Encoder vs pursuit on the test rows: FVU, L0, nonlinear FVU (each error's own linear probe,
     fitted on the first `cfg.fit_rows` fit rows), and the per-token comparison of the two errors."""
-    start, n_train = fit_rows(acts)
+    split = RowSplit.of(acts)
+    start, n_train = split.fit_rows.start, split.n_train_rows
     stop = min(n_train, start + cfg.fit_rows)
 
     def batches(first: int, last: int, desc: str):

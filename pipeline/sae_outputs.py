@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
 from pipeline.config import ConfigError
+from pipeline.row_split import RowSplit
 
 
 @dataclass
@@ -94,10 +95,11 @@ def encode_decode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def write_sae_outputs(
-    sae: SAE, acts: zarr.Array, n_train_rows: int, out: Path, attrs: dict, block_rows: int = 4096, progress: bool = True
+    sae: SAE, acts: zarr.Array, out: Path, attrs: dict, block_rows: int = 4096, progress: bool = True
 ) -> tuple[SaeMetrics, float]:
     """Run the SAE over the test rows of `acts`; write the group at `out`; (metrics, tokens/s)."""
     out = Path(out)
+    n_train_rows = RowSplit.of(acts).n_train_rows
     n_test, d = acts.shape[0] - n_train_rows, acts.shape[1]
     chunk = acts.chunks[0]
     tmp = out.with_name(out.name + ".partial")

@@ -23,8 +23,9 @@ from sae_lens import SAE
 from scipy.optimize import curve_fit
 from scipy.stats import pearsonr, spearmanr
 
-from pipeline.activation_store import fit_rows, iter_row_blocks
+from pipeline.activation_store import iter_row_blocks
 from pipeline.lstsq import FitScore, NormalEquations
+from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
 
 
@@ -126,13 +127,14 @@ class LatentProbe:
 
 def latent_vs_probe(sae: SAE, acts: zarr.Array, outputs: zarr.Group, block_rows: int) -> LatentProbe:
     """SPEC 6 for one SAE: the probe and the latents' mean activations from the fit rows
-    (`fit_rows`, encoded here), the probe scored on the test rows' stored x_hat (`sae_outputs` group)."""
+    (`RowSplit.fit_rows`, encoded here), the probe scored on the test rows' stored x_hat (`sae_outputs` group)."""
     b_dec = sae.b_dec.detach().cpu().double().numpy()
     decoder = sae.W_dec.detach().cpu().double().numpy()
     d_sae = decoder.shape[0]
     equations, score = NormalEquations(bias=True), FitScore()
     total, count = np.zeros(d_sae), np.zeros(d_sae)
-    for _, x in iter_row_blocks(acts, *fit_rows(acts), rows=block_rows):
+    fit_rows = RowSplit.of(acts).fit_rows
+    for _, x in iter_row_blocks(acts, fit_rows.start, fit_rows.stop, rows=block_rows):
         latents, x_hat = encode_decode(sae, torch.from_numpy(np.asarray(x, dtype=np.float32)).to(sae.device))
         centred = x_hat.double().cpu().numpy() - b_dec
         equations.update(centred, np.einsum("ij,ij->i", centred, centred))

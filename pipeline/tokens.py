@@ -8,7 +8,7 @@ Layout of the store (a Zarr group):
   LMs, e.g. SmolLM2, that token carries activations hundreds of times larger than any other,
   which would swamp every variance-weighted metric). Rows [0, n_train_rows) are train tokens,
   the rest test tokens; of the train rows, [0, n_sae_rows) train SAEs and [n_sae_rows,
-  n_train_rows) train the dark-matter fits (see `tokens.sae_fraction`).
+  n_train_rows) train the dark-matter fits (see `tokens.sae_fraction` and `pipeline.row_split`).
 - attrs: sizes, the split, the BOS id, the source, and `content_hash`, which activation stores
   record so that a store can be matched to the tokens it was computed from.
 """
@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 
 from pipeline.config import ConfigError, DataConfig, TokensConfig
+from pipeline.row_split import RowSplit
 
 TOKENIZE_BATCH = 256
 
@@ -110,12 +111,19 @@ class TokenStore:
 
     path: Path
     contexts: np.ndarray
-    n_train_contexts: int
     first_scored_position: int
     content_hash: str
     bos_token_id: int
-    n_sae_contexts: int = 0
-    """The first n_sae_contexts train contexts are for SAE training only (tokens.sae_fraction)."""
+    split: RowSplit
+    """Which rows and contexts train SAEs, fit the analyses, or are test (pipeline.row_split)."""
+
+    @property
+    def n_train_contexts(self) -> int:
+        return self.split.n_train_contexts
+
+    @property
+    def n_sae_contexts(self) -> int:
+        return self.split.n_sae_contexts
 
     @property
     def n_contexts(self) -> int:
@@ -132,15 +140,15 @@ class TokenStore:
 
     @property
     def n_rows(self) -> int:
-        return int(self.context_row_starts[-1])
+        return self.split.n_rows
 
     @property
     def n_train_rows(self) -> int:
-        return int(self.context_row_starts[self.n_train_contexts])
+        return self.split.n_train_rows
 
     @property
     def n_sae_rows(self) -> int:
-        return int(self.context_row_starts[self.n_sae_contexts])
+        return self.split.n_sae_rows
 
     @staticmethod
     def open(path: Path | str) -> "TokenStore":
@@ -152,11 +160,10 @@ class TokenStore:
         return TokenStore(
             path=path,
             contexts=group["contexts"][:],
-            n_train_contexts=int(attrs["n_train_contexts"]),
             first_scored_position=int(attrs["first_scored_position"]),
             content_hash=str(attrs["content_hash"]),
             bos_token_id=int(attrs["bos_token_id"]),
-            n_sae_contexts=int(attrs.get("n_sae_contexts", 0)),
+            split=RowSplit.from_attrs(attrs, str(path)),
         )
 
 

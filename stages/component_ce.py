@@ -30,14 +30,14 @@ def main() -> None:
         device = str(resolve_device(cfg.device))
         model = load_model(args.model, section(params, "harvest", HarvestConfig).compute_dtype, device)
         tokens = TokenStore.open(args.tokens)
-        first, stop = tokens.n_train_contexts, min(tokens.n_train_contexts + cfg.n_contexts, tokens.n_contexts)
+        test_contexts = tokens.split.test_contexts(cfg.n_contexts)
         results = {}
         for hook in cfg.hooks:
             name = sae_name(hook, cfg.width)
             probes = zarr.open_group(args.probes / f"{name}.zarr", mode="r")
             results[hook] = component_ce(
                 model, load_sae(args.saes / name, device=device), Hook.parse(hook, "component_ce.hooks"),
-                probes["probe_weight"][:], probes["probe_bias"][:], tokens.contexts[first:stop], tokens.mask[first:stop], cfg.batch_size,
+                probes["probe_weight"][:], probes["probe_bias"][:], tokens.contexts[test_contexts], tokens.mask[test_contexts], cfg.batch_size,
             )
             r = results[hook]
             print(f"component_ce {name}: CE recovered linear {r['ce_recovered_linear']:.1f}% / nonlinear {r['ce_recovered_nonlinear']:.1f}%; "

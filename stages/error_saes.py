@@ -53,7 +53,7 @@ def main() -> None:
         probes = zarr.open_group(args.probes, mode="r")
         args.out.mkdir(parents=True, exist_ok=True)
         group = write_components(sae, acts, probes["probe_weight"][:], probes["probe_bias"][:], args.out / "components.zarr", cfg.block_rows)
-        n_fit = int(group.attrs["n_train_rows"])
+        n_fit = int(group.attrs["n_fit_rows"])
         judge = load_judge(cfg.judge) if cfg.judge else None
         if judge:
             tokens, tokenizer = TokenStore.open(args.tokens), load_tokenizer(args.model)

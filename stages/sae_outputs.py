@@ -18,7 +18,7 @@ def main() -> None:
         sae = load_sae(args.sae, device=str(resolve_device(cfg.device)))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         attrs = {"sae": str(args.sae), "hook": args.hook, "d_sae": sae.cfg.d_sae, "token_store_hash": acts.attrs["token_store_hash"]}
-        metrics, rate = write_sae_outputs(sae, acts, int(acts.attrs["n_train_rows"]), args.out, attrs, block_rows=cfg.block_rows)
+        metrics, rate = write_sae_outputs(sae, acts, args.out, attrs, block_rows=cfg.block_rows)
         write_json(args.metrics, metrics.as_dict())
         print(f"sae_outputs {args.sae.name}: FVU {metrics.fvu:.4f}, L0 {metrics.l0:.1f}, dead {metrics.dead_fraction:.1%} "
               f"on {metrics.n_test_tokens} test tokens ({rate:.0f} tokens/s) -> {args.out}")

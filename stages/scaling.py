@@ -15,6 +15,7 @@ from pipeline.config import load_params, section
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
 from pipeline.plots import heatmap, new_figure, save
+from pipeline.row_split import RowSplit
 from pipeline.sae_config import SaeSetConfig, sae_name
 from pipeline.saes import load_sae
 from pipeline.scaling import BANDS, ScalingConfig, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
@@ -23,9 +24,10 @@ from stages.common import stage, write_json
 log = logging.getLogger("stage")
 
 
-def split_row(tokens: Path, first_test_row: int) -> int:
+def split_row(tokens: Path) -> int:
     """The test row (counted from the first test row) where the second half of the test contexts starts."""
-    contexts = zarr.open_group(tokens, mode="r")["rows/context"][first_test_row:]
+    group = zarr.open_group(tokens, mode="r")
+    contexts = group["rows/context"][RowSplit.of(group).test_rows]
     middle = np.unique(contexts)[len(np.unique(contexts)) // 2]
     return int(np.searchsorted(contexts, middle))
 
@@ -111,7 +113,7 @@ def main() -> None:
                 log.info("scaling %s: %d widths < scaling.min_widths_for_fit=%d, no power-law fit", hook, len(widths), cfg.min_widths_for_fit)
             outputs = [zarr.open_group(args.sae_outputs / f"{n}.zarr", mode="r") for n in names]
             acts = open_store(store_path(args.activations, hook))
-            split = split_row(args.tokens, int(outputs[0].attrs["first_store_row"]))
+            split = split_row(args.tokens)
             error_norms = [o["error_norm"][:].astype(np.float64) for o in outputs]
             nonlinear_norms = [row_norms(zarr.open_group(args.probes / f"{n}.zarr", mode="r")["nonlinear_error"], cfg.block_rows) for n in names]
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, split)

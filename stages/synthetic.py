@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.activation_store import fit_rows, open_store
+from pipeline.activation_store import open_store
 from pipeline.config import ConfigError, load_params, section
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
 from pipeline.plots import heatmap, new_figure, save
+from pipeline.row_split import RowSplit
 from pipeline.sae_config import SaeSetConfig, sae_name
 from pipeline.saes import check_sae_fits, load_sae
 from pipeline.synthetic import SyntheticConfig, correlations, linear_share_of_added_error, run_grid
@@ -56,9 +57,9 @@ def main() -> None:
         acts = open_store(store_path(args.activations, cfg.hook))
         sae = load_sae(args.saes / sae_name(cfg.hook, cfg.width), device=str(resolve_device(cfg.device)))
         check_sae_fits(sae, acts.shape[1], cfg.width, str(args.saes / sae_name(cfg.hook, cfg.width)))
-        start, n_train = fit_rows(acts)
-        train = acts[start : min(start + cfg.train_rows, n_train)]
-        test = acts[n_train : n_train + cfg.test_rows]
+        split = RowSplit.of(acts)
+        train = acts[split.fit_rows.start : min(split.fit_rows.start + cfg.train_rows, split.fit_rows.stop)]
+        test = acts[split.test_rows.start : min(split.test_rows.start + cfg.test_rows, split.test_rows.stop)]
         points = run_grid(sae, train, test, cfg)
 
         args.table.parent.mkdir(parents=True, exist_ok=True)

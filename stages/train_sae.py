@@ -5,9 +5,10 @@ import csv
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from pipeline.activation_store import open_store, sae_train_rows
+from pipeline.activation_store import open_store
 from pipeline.config import Hook, load_params, section
 from pipeline.harvest import store_path
+from pipeline.row_split import RowSplit
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
 from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae
 from stages.common import stage
@@ -33,7 +34,7 @@ def main() -> None:
             sae = load_pretrained(cfg, hook, args.width, d_in=acts.shape[1])
             curve: list[CurvePoint] = []
         else:
-            sae, curve = train_sae(acts, sae_train_rows(acts), args.width, cfg, train, metadata)
+            sae, curve = train_sae(acts, RowSplit.of(acts).sae_train_rows.stop, args.width, cfg, train, metadata)
         save_sae(sae, args.out)
         args.curve.parent.mkdir(parents=True, exist_ok=True)
         with open(args.curve, "w", newline="") as handle:

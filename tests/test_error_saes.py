@@ -36,7 +36,7 @@ def test_components_are_the_probe_decomposition_of_the_error(smoke_repo):
 def test_each_sae_reconstructs_its_own_component_best(smoke_repo):
     """An SAE trained on component c explains c's test rows better than the other components'."""
     group = zarr.open_group(smoke_repo / f"artifacts/error_saes/{NAME}/components.zarr", mode="r")
-    n_fit = int(group.attrs["n_train_rows"])
+    n_fit = int(group.attrs["n_fit_rows"])
     metrics = json.loads((smoke_repo / f"metrics/error_saes/{NAME}.json").read_text())
     for component in ("linear", "nonlinear"):
         sae = load_sae(smoke_repo / f"artifacts/error_saes/{NAME}/{component}")

@@ -229,10 +229,11 @@ def test_train_sae_param_reruns_only_sae_stages(smoke_repo):
 @pytest.mark.slow
 def test_sae_training_reads_only_the_rows_reserved_for_it(smoke_acts):
     """Poison every row after the SAE rows with NaN: an SAE that read one would have NaN weights."""
-    from pipeline.activation_store import fit_rows, sae_train_rows
+    from pipeline.row_split import RowSplit
 
-    n_sae = sae_train_rows(smoke_acts)
-    assert (n_sae, n_sae) == (int(smoke_acts.attrs["n_sae_rows"]), fit_rows(smoke_acts)[0])
+    split = RowSplit.of(smoke_acts)
+    n_sae = split.sae_train_rows.stop
+    assert (n_sae, n_sae) == (int(smoke_acts.attrs["n_sae_rows"]), split.fit_rows.start)
     assert 0 < n_sae < int(smoke_acts.attrs["n_train_rows"])
     poisoned = zarr.create_array(store={}, shape=smoke_acts.shape, chunks=smoke_acts.chunks, dtype="float32")
     values = smoke_acts[:]
