@@ -4,7 +4,7 @@ against the naive design (a full forward pass per intervention), same run, same 
     python benchmarks/splice_throughput.py [--hook blocks.15.hook_resid_post] [--contexts 16] [--batch 4] [--draws 4]
 
 Needs `artifacts/model` and `artifacts/tokens.zarr` (`dvc repro tokens`). For each batch it
-runs the clean pass and then what the `interventions` stage runs per batch: the 9 SPEC
+runs the clean pass and then what the `interventions` stage runs per batch: the 9
 interventions and `--draws` extra epsilon_random draws (for the z-scores). Prints token x
 interventions per second of both designs, the ratio, and the largest KL difference between them.
 """
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import Hook  # noqa: E402
-from pipeline.interventions import INTERVENTIONS, ActivationStats, replacement  # noqa: E402
+from pipeline.replacements import INTERVENTIONS, ActivationStats, replacement  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.splice import PrefixCache, splice_naive, token_kl_and_ce  # noqa: E402
 from pipeline.tokens import TokenStore  # noqa: E402

@@ -1,4 +1,4 @@
-"""SPEC experiment 9: the downstream loss of each error component.
+"""The downstream loss of each error component (docs/science.md, "Downstream loss of the components").
 
 At the scored positions of test contexts, splice x_hat, x_hat + e_hat (linear error added back)
 and x_hat + n (nonlinear error added back), and compare the CE recovered with the share of
@@ -8,36 +8,17 @@ error costs CE in proportion to its size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.config import ConfigError, Hook, require_saes
+from pipeline.config import Hook
 from pipeline.sae_outputs import encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
 
 SETTINGS = ("sae", "sae_plus_linear", "sae_plus_nonlinear")
-
-
-@dataclass
-class ComponentCeConfig:
-    """The `component_ce` section."""
-
-    hooks: list[str] = field(default_factory=lambda: ["blocks.15.hook_resid_post"])
-    """Hooks whose SAE (of `width`) and probe are used; each needs its `probes` output."""
-    width: int = 2304
-    n_contexts: int = 32
-    """Test contexts, from the start of the test split."""
-    batch_size: int = 4
-    device: str = "auto"
-
-    def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
-        if self.width not in sae_widths:
-            raise ConfigError(f"component_ce.width: {self.width} is not in sae.widths {sae_widths}")
-        require_saes("component_ce", self.hooks, [self.width], sae_hooks, sae_widths)
 
 
 @torch.no_grad()

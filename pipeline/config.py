@@ -190,23 +190,36 @@ class TokensConfig:
 
 
 @dataclass
+class LmConfig:
+    """How the LM runs, in every stage that runs it: harvest, lm_loss, interventions, component_ce."""
+
+    device: str = "auto"
+    """'auto' (CUDA, else Apple's MPS, else the CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    compute_dtype: str = "float32"
+    """dtype of the forward pass: float32 for fidelity, bfloat16 for speed."""
+    batch_size: int = 8
+    """Contexts per forward pass in harvest and lm_loss (the splicing stages have their own,
+    `interventions.batch_size` and `component_ce.batch_size`: each context costs several passes there)."""
+
+    def __post_init__(self) -> None:
+        if self.compute_dtype not in DTYPES:
+            raise ConfigError(f"lm.compute_dtype: {self.compute_dtype!r} is not one of {list(DTYPES)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"lm.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class HarvestConfig:
     """Which activations to capture and how to store them."""
 
     hooks: list[str] = field(default_factory=lambda: ["blocks.15.hook_resid_post"])
     """Hook names 'blocks.<layer>.<site>', site one of hook_resid_pre, hook_resid_post,
     hook_mlp_out, attn.hook_z. One forward pass captures them all."""
-    compute_dtype: str = "float32"
-    """dtype of the forward pass: float32 for fidelity, bfloat16 for speed."""
     store_dtype: str = "float32"
     """dtype on disk: float32, or float16 for half the disk."""
-    batch_size: int = 8
-    """Contexts per forward pass."""
     chunk_rows: int = 2048
     """Rows per Zarr chunk (and per committed write). Keep chunks >= 1 MB: DVC is slow with
     many small files."""
-    device: str = "auto"
-    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."""
 
     def __post_init__(self) -> None:
         if not self.hooks:
@@ -216,12 +229,8 @@ class HarvestConfig:
         parsed = self.parsed_hooks()
         if len({h.name for h in parsed}) != len(parsed):
             raise ConfigError(f"harvest.hooks: duplicates in {list(self.hooks)}")
-        if self.compute_dtype not in DTYPES:
-            raise ConfigError(f"harvest.compute_dtype: {self.compute_dtype!r} is not one of {list(DTYPES)}")
         if self.store_dtype not in STORE_DTYPES:
             raise ConfigError(f"harvest.store_dtype: {self.store_dtype!r} is not one of {list(STORE_DTYPES)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"harvest.batch_size: must be >= 1, got {self.batch_size}")
         if self.chunk_rows < 1:
             raise ConfigError(f"harvest.chunk_rows: must be >= 1, got {self.chunk_rows}")
 
@@ -249,14 +258,3 @@ def load_params(path: Path | str = PARAMS_FILE) -> Any:
     if not path.exists():
         raise ConfigError(f"{path}: not found; run from the repository root (or `dvc exp run` to compose it)")
     return OmegaConf.load(path)
-
-
-def require_saes(key: str, hooks: list[str], widths: list[int], sae_hooks: list[str], sae_widths: list[int]) -> None:
-    """An analysis section (`key`) names SAEs by hooks x widths: each must be in the `sae` section."""
-    for i, hook in enumerate(hooks):
-        Hook.parse(hook, f"{key}.hooks[{i}]")
-        if hook not in sae_hooks:
-            raise ConfigError(f"{key}.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
-    for i, width in enumerate(widths):
-        if width not in sae_widths:
-            raise ConfigError(f"{key}.widths[{i}]: {width} is not in sae.widths {sae_widths}")

@@ -1,4 +1,4 @@
-"""SPEC experiment 11: can earlier components predict an SAE's error, and its nonlinear part?
+"""docs/science.md, "Earlier components": can earlier components predict an SAE's error, and its nonlinear part?
 
 For the target SAE (hook `target`, width `width`) the targets are its error e, linear error
 e_hat = x W + b (W, b from the `probes` stage) and nonlinear error n = e - e_hat. Predictors
@@ -13,7 +13,6 @@ set (the two combinations share one); a second pass scores each set on the test 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,52 +21,17 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import open_store
-from pipeline.config import ConfigError, Hook
+from pipeline.config import Hook
 from pipeline.harvest import store_path
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.probes import reconstruct
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.saes import check_sae_fits, load_sae
+from pipeline.analysis_config import EarlierComponentsConfig
 
 KINDS = ("sae_output", "activation", "error")
 TARGETS = ("error", "linear_error", "nonlinear_error")
-
-
-@dataclass
-class EarlierComponentsConfig:
-    """The `earlier_components` section."""
-
-    target: str = "blocks.15.hook_resid_post"
-    """The hook whose SAE error is predicted (it needs an SAE of `width` and its probes)."""
-    width: int = 2304
-    """The SAE width used at the target and at every source."""
-    sources: list[str] = field(
-        default_factory=lambda: [
-            "blocks.15.hook_resid_post",
-            "blocks.14.hook_resid_post",
-            "blocks.15.hook_mlp_out",
-            "blocks.15.attn.hook_z",
-        ]
-    )
-    """Hooks whose SAE output, activation and error are tried as predictors; each needs an SAE of `width`."""
-    ridge: float = 0.0
-    """L2 penalty on the maps."""
-    block_rows: int = 4096
-    """Rows per streamed block."""
-
-    def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
-        """Every hook named here must have an SAE of `width` in the `sae` section."""
-        if self.width not in sae_widths:
-            raise ConfigError(f"earlier_components.width: {self.width} is not in sae.widths {sae_widths}")
-        for key, hook in [("earlier_components.target", self.target)] + [
-            (f"earlier_components.sources[{i}]", h) for i, h in enumerate(self.sources)
-        ]:
-            Hook.parse(hook, key)
-            if hook not in sae_hooks:
-                raise ConfigError(f"{key}: {hook!r} has no SAE; add it to sae.hooks (now {sae_hooks})")
-        if not self.sources:
-            raise ConfigError("earlier_components.sources: the list is empty; name at least one hook")
 
 
 def source_role(source: str, target: str) -> str:

@@ -1,4 +1,4 @@
-"""SPEC experiment 8: SAEs trained on the error components of an SAE.
+"""docs/science.md, "SAEs trained on the error components": SAEs trained on the error components of an SAE.
 
 For one SAE, the linear error e_hat = x W + b (W, b from `probes`), the nonlinear error
 n = e - e_hat and the total error e are written to a Zarr group, fit rows first then test rows.
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -20,34 +18,12 @@ import zarr
 from sae_lens import SAE
 
 from pipeline.activation_store import iter_row_blocks
-from pipeline.config import require_saes
 from pipeline.judge import top_examples
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import MetricAccumulator, SaeMetrics, encode_decode
+from pipeline.analysis_config import ErrorSaesConfig
 
 COMPONENTS = ("linear", "nonlinear", "total")
-
-
-@dataclass
-class ErrorSaesConfig:
-    """The `error_saes` section."""
-
-    hooks: list[str] = field(default_factory=lambda: ["blocks.15.hook_resid_post"])
-    """Hooks whose SAE (of each of `widths`) has its error components learned by new SAEs."""
-    widths: list[int] = field(default_factory=lambda: [2304])
-    block_rows: int = 4096
-    judge: Optional[str] = None
-    """Automated interpretability (`pipeline.judge`): "package.module:attribute" of a judge
-    factory, or null (off)."""
-    judge_latents: int = 20
-    """Latents judged per error SAE (the most often active on the judged rows)."""
-    judge_examples: int = 10
-    """Top-activating contexts shown per latent."""
-    judge_rows: int = 4096
-    """Test rows (from their start) searched for the top-activating contexts."""
-
-    def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
-        require_saes("error_saes", self.hooks, self.widths, sae_hooks, sae_widths)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pipeline.activation_store import ActivationWriter
 from pipeline.code_deps import ROOT, closure
-from pipeline.config import HarvestConfig, Hook
+from pipeline.config import HarvestConfig, Hook, LmConfig
 from pipeline.models import (
     checkpoint_fingerprint,
     checkpoint_info,
@@ -49,13 +49,13 @@ class HarvestResult:
         return self.rows_computed / self.seconds if self.seconds > 0 else float("nan")
 
 
-def validate(cfg: HarvestConfig, model_dir: Path) -> list[Hook]:
+def validate(cfg: HarvestConfig, lm: LmConfig, model_dir: Path) -> list[Hook]:
     """All checks that need no weights: hook names, layers, architecture, device."""
     hooks = cfg.parsed_hooks()
     hf_config = load_model_config(model_dir)
     architecture(hf_config.model_type)
     validate_hooks(hooks, hf_config.num_hidden_layers)
-    resolve_device(cfg.device)
+    resolve_device(lm.device, "lm.device")
     return hooks
 
 
@@ -69,15 +69,15 @@ def _code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def _fingerprint(model_dir: Path, tokens: TokenStore, hook: Hook, cfg: HarvestConfig) -> str:
+def _fingerprint(model_dir: Path, tokens: TokenStore, hook: Hook, cfg: HarvestConfig, lm: LmConfig) -> str:
     identity = {
         "code": _code_hash(),
         "model": checkpoint_fingerprint(model_dir),
         "tokens": tokens.content_hash,
         "hook": hook.name,
-        "compute_dtype": cfg.compute_dtype,
+        "compute_dtype": lm.compute_dtype,
         "store_dtype": cfg.store_dtype,
-        "batch_size": cfg.batch_size,
+        "batch_size": lm.batch_size,
         "chunk_rows": cfg.chunk_rows,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -101,13 +101,13 @@ def _append_all(writers: dict[str, ActivationWriter], blocks: dict[str, np.ndarr
 
 
 def harvest(
-    model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfig, progress: bool = True
+    model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfig, lm: LmConfig, progress: bool = True
 ) -> HarvestResult:
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    hooks = validate(cfg, model_dir)
+    hooks = validate(cfg, lm, model_dir)
     tokens = TokenStore.open(token_store)
-    device = resolve_device(cfg.device)
-    model = load_model(model_dir, cfg.compute_dtype, device)
+    device = resolve_device(lm.device, "lm.device")
+    model = load_model(model_dir, lm.compute_dtype, device)
     model_name = checkpoint_info(model_dir)["model"]["name"]
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,13 +124,13 @@ def harvest(
             width=widths[h.name],
             dtype=cfg.store_dtype,
             chunk_rows=cfg.chunk_rows,
-            fingerprint=_fingerprint(model_dir, tokens, h, cfg),
+            fingerprint=_fingerprint(model_dir, tokens, h, cfg, lm),
             attrs={
                 "model": model_name,
                 "hook": h.name,
                 "site": h.site,
                 "layer": h.layer,
-                "compute_dtype": cfg.compute_dtype,
+                "compute_dtype": lm.compute_dtype,
                 "store_dtype": cfg.store_dtype,
                 "token_store_hash": tokens.content_hash,
                 **tokens.split.as_attrs(),
@@ -143,10 +143,10 @@ def harvest(
         writer.rewind(resume_row)
 
     # Resume at the batch holding the first uncommitted row; drop the rows before it.
-    batch_starts = tokens.context_row_starts[: tokens.n_contexts : cfg.batch_size]
+    batch_starts = tokens.context_row_starts[: tokens.n_contexts : lm.batch_size]
     first_batch = int(np.searchsorted(batch_starts, resume_row, side="right")) - 1
     skip = resume_row - int(batch_starts[first_batch])
-    first_context = first_batch * cfg.batch_size if resume_row < tokens.n_rows else tokens.n_contexts
+    first_context = first_batch * lm.batch_size if resume_row < tokens.n_rows else tokens.n_contexts
     mask = torch.from_numpy(tokens.mask)
     store_dtype = getattr(torch, cfg.store_dtype)
 
@@ -158,11 +158,11 @@ def harvest(
     # previous batch's writes first keeps at most one batch in flight (bounded memory, in order).
     with ThreadPoolExecutor(max_workers=1) as io, capturing(model, hooks) as captured, torch.inference_mode():
         pending = None
-        for start in range(first_context, tokens.n_contexts, cfg.batch_size):
-            ids = torch.from_numpy(tokens.contexts[start : start + cfg.batch_size]).to(device=device, dtype=torch.long)
+        for start in range(first_context, tokens.n_contexts, lm.batch_size):
+            ids = torch.from_numpy(tokens.contexts[start : start + lm.batch_size]).to(device=device, dtype=torch.long)
             captured.clear()
             forward_until_captured(model, ids)
-            scored = mask[start : start + cfg.batch_size].to(device)
+            scored = mask[start : start + lm.batch_size].to(device)
             blocks = {name: _rows(captured[name], scored, store_dtype)[skip:] for name in writers}
             if pending is not None:
                 pending.result()

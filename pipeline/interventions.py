@@ -1,84 +1,167 @@
-"""The replacements of the pathological-error experiments (SPEC table), on rows of activations.
+"""The pathological-error experiment for one SAE (docs/science.md, "Pathological errors").
 
-Each takes the clean activations x (N, d), the SAE reconstruction x_hat (N, d) and returns
-the (N, d) replacement. Random ones draw from a torch.Generator, so a seeded run repeats.
+For a batch of test contexts: one clean forward pass (cached up to the site, `pipeline.splice`),
+then for each replacement only the rest of the network. Per scored token it records KL(P_clean
+|| P_int) and the CE of the next token; then summarises them with bootstrap intervals, the KL
+ratio of substitution to epsilon_random, sae-lens-style CE/KL scores, repeated-draw z-scores
+and the single-position mode.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import zarr
+from sae_lens import SAE
+from tqdm.auto import tqdm
 
-INTERVENTIONS = (
-    "substitution",
-    "norm_corrected",
-    "sae_norm",
-    "epsilon_random",
-    "theta_random_sae_norm",
-    "theta_random_true_norm",
-    "cov_random",
-    "zero",
-    "mean",
-)
+from pipeline.activation_store import iter_row_blocks
+from pipeline.config import Hook
+from pipeline.replacements import INTERVENTIONS, ActivationStats, epsilon_random, replacement
+from pipeline.row_split import RowSplit
+from pipeline.sae_outputs import encode_decode
+from pipeline.splice import PrefixCache, token_kl_and_ce
+from pipeline.analysis_config import InterventionsConfig
+
+
+def activation_stats(acts: zarr.Array, block_rows: int = 4096) -> ActivationStats:
+    """Mean and covariance factor of the train rows, streamed in float64."""
+    d = acts.shape[1]
+    total, outer, n, shift = np.zeros(d), np.zeros((d, d)), 0, None
+    train_rows = RowSplit.of(acts).train_rows
+    for _, block in iter_row_blocks(acts, train_rows.start, train_rows.stop, rows=block_rows):
+        x = np.asarray(block, dtype=np.float64)
+        shift = x.mean(0) if shift is None else shift
+        centred = x - shift
+        total += centred.sum(0)
+        outer += centred.T @ centred
+        n += len(x)
+    mean = total / n
+    cov = outer / n - np.outer(mean, mean)
+    cov += 1e-8 * np.trace(cov) / d * np.eye(d)  # positive definite for the Cholesky factor
+    return ActivationStats(mean=torch.from_numpy(mean + shift), cov_factor=torch.linalg.cholesky(torch.from_numpy(cov)))
 
 
 @dataclass
-class ActivationStats:
-    """Train-split statistics a replacement may need: the mean and a covariance factor L (L L' = Sigma)."""
+class TokenResults:
+    """Per scored token (rows in context order): KL and next-token CE per intervention."""
 
-    mean: torch.Tensor
-    cov_factor: torch.Tensor
-
-
-def _unit(v: torch.Tensor) -> torch.Tensor:
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-
-
-def _random_direction(shape, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float64).to(like.device, like.dtype)
+    kl: dict[str, np.ndarray]
+    ce: dict[str, np.ndarray]
+    clean_ce: np.ndarray
+    draws_kl: np.ndarray
+    """(n_draws, n_tokens) KL of independent epsilon_random draws."""
+    single_kl: dict[str, np.ndarray]
+    """{substitution, epsilon_random}: (n_contexts, window + 1) KL at p .. p + window."""
 
 
-def epsilon_random(x: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """x moved by exactly ||x - x_hat|| in an isotropic random direction."""
-    g = _random_direction(x.shape, x, generator)
-    return x + (x - x_hat).norm(dim=-1, keepdim=True) * _unit(g)
+def _splice_rows(cache: PrefixCache, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    full = cache.activation.clone()
+    full[mask] = rows.to(full.dtype)
+    return cache.splice(full)
 
 
-def cov_random(x: torch.Tensor, x_hat: torch.Tensor, stats: ActivationStats, generator: torch.Generator) -> torch.Tensor:
-    """As epsilon_random, but the direction is drawn from N(0, Sigma) (Lee & Heimersheim)."""
-    g = _random_direction(x.shape, x, generator) @ stats.cov_factor.T.to(device=x.device, dtype=x.dtype)
-    return x + (x - x_hat).norm(dim=-1, keepdim=True) * _unit(g)
+@torch.no_grad()
+def run_interventions(
+    model, sae: SAE, hook: Hook, contexts: np.ndarray, scored: np.ndarray, stats: ActivationStats, cfg: InterventionsConfig, progress: bool = True
+) -> TokenResults:
+    """Every intervention on `contexts` (n, T) at the `scored` positions (n, T bool)."""
+    device = next(model.parameters()).device
+    kl = {name: [] for name in INTERVENTIONS}
+    ce = {name: [] for name in INTERVENTIONS}
+    clean_ce, draws, single = [], [], {"substitution": [], "epsilon_random": []}
+    cache = PrefixCache(model, hook)
+    for batch_index, start in enumerate(tqdm(range(0, len(contexts), cfg.batch_size), desc=f"interventions {hook.name}", disable=not progress)):
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch_index)  # per batch: resumable, order-free
+        ids = torch.from_numpy(contexts[start : start + cfg.batch_size]).long().to(device)
+        mask = torch.from_numpy(scored[start : start + cfg.batch_size]).to(device)
+        cache.run(ids)
+        x = cache.activation[mask].float()
+        _, x_hat = encode_decode(sae, x.to(sae.device))
+        x_hat = x_hat.float().to(x.device)
+        _, ce_clean = token_kl_and_ce(cache.clean_logprobs, cache.clean_logprobs, ids)
+        clean_ce.append(ce_clean[mask].cpu().numpy())
+        for name in INTERVENTIONS:
+            logits = _splice_rows(cache, mask, replacement(name, x, x_hat, stats, generator))
+            token_kl, token_ce = token_kl_and_ce(cache.clean_logprobs, logits, ids)
+            kl[name].append(token_kl[mask].cpu().numpy())
+            ce[name].append(token_ce[mask].cpu().numpy())
+        batch_draws = []
+        for _ in range(cfg.n_draws):
+            token_kl, _ = token_kl_and_ce(cache.clean_logprobs, _splice_rows(cache, mask, epsilon_random(x, x_hat, generator)), ids)
+            batch_draws.append(token_kl[mask].cpu().numpy())
+        draws.append(np.stack(batch_draws) if batch_draws else np.zeros((0, int(mask.sum()))))
+        if cfg.single_position is not None:
+            p, stop = cfg.single_position, min(cfg.single_position + cfg.window + 1, ids.shape[1])
+            at_p = torch.zeros_like(mask)
+            at_p[:, p] = True
+            x_p = cache.activation[at_p].float()
+            _, x_hat_p = encode_decode(sae, x_p.to(sae.device))
+            x_hat_p = x_hat_p.float().to(x_p.device)
+            for name, rows in (("substitution", x_hat_p), ("epsilon_random", epsilon_random(x_p, x_hat_p, generator))):
+                token_kl, _ = token_kl_and_ce(cache.clean_logprobs, _splice_rows(cache, at_p, rows), ids)
+                single[name].append(token_kl[:, p:stop].cpu().numpy())
+    return TokenResults(
+        kl={k: np.concatenate(v) for k, v in kl.items()},
+        ce={k: np.concatenate(v) for k, v in ce.items()},
+        clean_ce=np.concatenate(clean_ce),
+        draws_kl=np.concatenate(draws, axis=1),
+        single_kl={k: np.concatenate(v) for k, v in single.items() if v},
+    )
 
 
-def theta_random(x: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator, norm: torch.Tensor) -> torch.Tensor:
-    """A vector at the same angle to x as x_hat, rotated randomly in x's orthogonal complement, of length `norm` (N, 1)."""
-    u = _unit(x)
-    cos = (_unit(x_hat) * u).sum(-1, keepdim=True).clamp(-1, 1)
-    g = _random_direction(x.shape, x, generator)
-    v = _unit(g - (g * u).sum(-1, keepdim=True) * u)
-    return (cos * u + (1 - cos**2).clamp_min(0).sqrt() * v) * norm
+def bootstrap_mean_ci(values: np.ndarray, resamples: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(resamples)])
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
 
 
-def replacement(name: str, x: torch.Tensor, x_hat: torch.Tensor, stats: ActivationStats, generator: torch.Generator) -> torch.Tensor:
-    """The replacement `name` (one of INTERVENTIONS) for rows x with reconstructions x_hat."""
-    x_norm, x_hat_norm = x.norm(dim=-1, keepdim=True), x_hat.norm(dim=-1, keepdim=True)
-    if name == "substitution":
-        return x_hat
-    if name == "norm_corrected":
-        return x_hat * x_norm / x_hat_norm.clamp_min(1e-30)
-    if name == "sae_norm":
-        return x * x_hat_norm / x_norm.clamp_min(1e-30)
-    if name == "epsilon_random":
-        return epsilon_random(x, x_hat, generator)
-    if name == "theta_random_sae_norm":
-        return theta_random(x, x_hat, generator, x_hat_norm)
-    if name == "theta_random_true_norm":
-        return theta_random(x, x_hat, generator, x_norm)
-    if name == "cov_random":
-        return cov_random(x, x_hat, stats, generator)
-    if name == "zero":
-        return torch.zeros_like(x)
-    if name == "mean":
-        return stats.mean.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
-    raise ValueError(f"unknown intervention {name!r}; known: {', '.join(INTERVENTIONS)}")
+def summarise(results: TokenResults, cfg: InterventionsConfig) -> dict:
+    """The metrics JSON of one SAE."""
+    rng = np.random.default_rng(cfg.seed)
+    has_next = np.isfinite(results.clean_ce)
+    clean_ce = float(results.clean_ce[has_next].mean())
+    per_intervention = {}
+    for name in INTERVENTIONS:
+        kl, ce_increase = results.kl[name], results.ce[name] - results.clean_ce
+        kl_low, kl_high = bootstrap_mean_ci(kl, cfg.bootstrap, rng)
+        ce_low, ce_high = bootstrap_mean_ci(ce_increase, cfg.bootstrap, rng)
+        per_intervention[name] = {
+            "kl": float(kl.mean()),
+            "kl_ci_low": kl_low,
+            "kl_ci_high": kl_high,
+            "ce_increase": float(ce_increase[has_next].mean()),
+            "ce_increase_ci_low": ce_low,
+            "ce_increase_ci_high": ce_high,
+        }
+    kl_sae, kl_eps = results.kl["substitution"], results.kl["epsilon_random"]
+    ratios = []
+    for _ in range(cfg.bootstrap):
+        idx = rng.integers(0, len(kl_sae), len(kl_sae))
+        ratios.append(kl_sae[idx].mean() / kl_eps[idx].mean())
+    ce_sae = float(results.ce["substitution"][has_next].mean())
+    ce_zero = float(results.ce["zero"][has_next].mean())
+    metrics = {
+        "kl_ratio_substitution_vs_epsilon_random": float(kl_sae.mean() / kl_eps.mean()),
+        "kl_ratio_ci_low": float(np.quantile(ratios, 0.025)),
+        "kl_ratio_ci_high": float(np.quantile(ratios, 0.975)),
+        "kl_ratio_substitution_vs_cov_random": float(kl_sae.mean() / results.kl["cov_random"].mean()),
+        "clean_ce": clean_ce,
+        "ce_score": (ce_zero - ce_sae) / (ce_zero - clean_ce),
+        "kl_score": float((results.kl["zero"].mean() - kl_sae.mean()) / results.kl["zero"].mean()),
+        "n_tokens": int(len(kl_sae)),
+        "interventions": per_intervention,
+    }
+    if results.draws_kl.shape[0] >= 2:
+        z = (kl_sae - results.draws_kl.mean(0)) / results.draws_kl.std(0, ddof=1).clip(1e-30)
+        metrics["z_score_median"] = float(np.median(z))
+        metrics["z_score_share_above_2"] = float((z > 2).mean())
+    if results.single_kl:
+        sub, eps = results.single_kl["substitution"].mean(0), results.single_kl["epsilon_random"].mean(0)
+        metrics["single_position"] = {
+            "kl_ratio_at_p": float(sub[0] / eps[0]),
+            "kl_ratio_after_p": float(sub[1:].sum() / eps[1:].sum()) if len(sub) > 1 else float("nan"),
+        }
+    return metrics

@@ -1,4 +1,4 @@
-"""A pluggable automated-interpretability judge for SAE latents (the optional step of SPEC 8).
+"""A pluggable automated-interpretability judge for SAE latents (the optional step of docs/science.md, "SAEs trained on the error components").
 
 The published study asked a 70B LLM to explain each latent from its top-activating contexts and
 scored the explanations. No such model runs here, so the pipeline only defines the interface

@@ -31,9 +31,11 @@ def token_losses(model, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return torch.cat([nan, predicted], dim=1), torch.cat([predicted, nan], dim=1)
 
 
-def write_lm_loss(model_dir: Path, token_store: Path, out: Path, batch_size: int, device: str, progress: bool = True) -> None:
+def write_lm_loss(
+    model_dir: Path, token_store: Path, out: Path, batch_size: int, device: str, compute_dtype: str = "float32", progress: bool = True
+) -> None:
     tokens = TokenStore.open(token_store)
-    model = load_model(model_dir, "float32", device)
+    model = load_model(model_dir, compute_dtype, device)
     skipped = np.full(tokens.n_sae_rows, np.nan, dtype=np.float32)
     current, following = [skipped], [skipped]
     for start in tqdm(range(tokens.n_sae_contexts, tokens.n_contexts, batch_size), desc="lm_loss", disable=not progress):

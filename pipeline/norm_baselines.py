@@ -1,4 +1,4 @@
-"""Baselines for the error-norm probe (SPEC experiment 2): how well do simple per-token
+"""Baselines for the error-norm probe (docs/science.md, "Error norm"): how well do simple per-token
 quantities predict ||e||^2 and ||e||, compared with a linear probe on x?
 
 Each baseline is fitted on train rows and scored on test rows:

@@ -1,4 +1,4 @@
-"""Linear probes of an SAE's error from the activation (dark matter, SPEC experiments 1 and 2).
+"""Linear probes of an SAE's error from the activation (docs/science.md, "Linear error" and "Error norm").
 
 Fit on the fit rows (train tokens no SAE trained on, `RowSplit.fit_rows`), in one
 streaming pass, the map x -> [e, ||e||^2, ||e||] (e = x - SAE(x)), then in a second pass over
@@ -21,31 +21,11 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
-from pipeline.config import ConfigError
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
 from pipeline.norm_baselines import BaselineScores, NormBaselines, RowFeatures
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
-
-
-@dataclass
-class ProbesConfig:
-    """The `probes` section."""
-
-    bias: bool = True
-    """Fit e ~ x W + b; false reproduces the paper code's no-bias fit."""
-    ridge: float = 0.0
-    """L2 penalty on W (not on b)."""
-    block_rows: int = 4096
-    """Rows per streamed block."""
-    device: str = "auto"
-    """Where the SAE runs: auto (CUDA when present) | cpu | cuda | cuda:N."""
-
-    def __post_init__(self) -> None:
-        if self.ridge < 0:
-            raise ConfigError(f"probes.ridge: must be >= 0, got {self.ridge}")
-        if self.block_rows < 1:
-            raise ConfigError(f"probes.block_rows: must be >= 1, got {self.block_rows}")
+from pipeline.analysis_config import ProbesConfig
 
 
 @dataclass
@@ -72,7 +52,7 @@ class ProbeMetrics:
 
 
 COMPONENTS = ("x_hat", "error", "nonlinear_error", "x_hat_plus_nonlinear", "linear_error", "x")
-"""SPEC experiment 3: the components whose squared-norm predictability is compared."""
+"""docs/science.md, "Norm predictability of components": the components whose squared-norm predictability is compared."""
 
 
 def component_sq_norms(x: np.ndarray, x_hat: np.ndarray, err: np.ndarray, linear: np.ndarray) -> np.ndarray:

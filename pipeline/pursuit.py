@@ -1,4 +1,4 @@
-"""Inference-time gradient pursuit (SPEC experiment 10): re-encode each token with the SAE's
+"""Inference-time gradient pursuit (docs/science.md, "Gradient pursuit"): re-encode each token with the SAE's
 decoder as a dictionary, at the token's own encoder L0, to see how much of the SAE's error is
 the encoder's fault.
 
@@ -13,7 +13,6 @@ the L0 never exceeds the target.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,10 +21,10 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
-from pipeline.config import ConfigError, require_saes
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
+from pipeline.analysis_config import PursuitConfig
 
 
 @torch.no_grad()
@@ -66,25 +65,6 @@ def gradient_pursuit_reference(s: np.ndarray, decoder: np.ndarray, target_l0: in
         eta = (c @ residual) / denominator if denominator > 0 else 0.0
         w = np.maximum(w + eta * g_support, 0)
     return w
-
-
-@dataclass
-class PursuitConfig:
-    """The `pursuit` section."""
-
-    hooks: list[str] = field(default_factory=lambda: ["blocks.15.hook_resid_post"])
-    """Hooks whose SAEs (of `widths`) are re-encoded by pursuit."""
-    widths: list[int] = field(default_factory=lambda: [2304])
-    fit_rows: int = 20000
-    """At most this many fit rows (from their start) train the linear probes of both errors."""
-    block_rows: int = 1024
-    """Tokens per pursuit batch."""
-    device: str = "auto"
-
-    def check_against(self, sae_hooks: list[str], sae_widths: list[int]) -> None:
-        require_saes("pursuit", self.hooks, self.widths, sae_hooks, sae_widths)
-        if self.fit_rows < 1 or self.block_rows < 1:
-            raise ConfigError("pursuit.fit_rows / pursuit.block_rows: must be >= 1")
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """The static HTML report: one section per experiment, built only from the metrics JSON files,
 the figures and params.yaml that the other stages wrote (no number in it is typed by hand).
 
-Each section has its figures, a table of key numbers beside the published value where SPEC
-gives one, one sentence on what the number means, and the configuration that produced it.
+Each section has its figures, a table of key numbers beside the published value where the
+papers give one (`pipeline.published`), one sentence on what the number means, and the configuration that produced it.
 A section whose metrics are absent (its stage has no SAEs configured) is left out and listed.
 """
 
@@ -18,20 +18,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-# What the original studies report (SPEC.md), shown beside our numbers.
-PUBLISHED = {
-    "error_vector_r2": "about 0.5 (Gemma 2, Gemma Scope)",
-    "error_norm_r2": "> 0.9",
-    "nonlinear_fvu": "about constant with width",
-    "kl_ratio_resid": "2 - 4.5 (GPT-2 small)",
-    "kl_ratio_attn_z": "0.9 - 1.7 (GPT-2 small)",
-    "pursuit": "a few % of the FVU; very little of the nonlinear FVU",
-    "error_saes": "the SAE on n is worse than the one on ê",
-    "component_ce": "proportional to each component's share",
-    "synthetic": "linear error tracks σ_a, nonlinear error tracks σ_r",
-    "earlier_components": "earlier SAE outputs explain more of n than pursuit removes",
-}
-
+from pipeline.published import published_text
 
 @dataclass
 class Table:
@@ -186,7 +173,7 @@ def linear_error_section(inputs: ReportInputs) -> Section | None:
                      span(a["error_norm_r2"], b["error_norm_r2"]),
                      f"{best}: {fmt(b['error_norm_baseline_r2'][best])}",
                      span(a["sae_fvu"], b["sae_fvu"]), span(a["nonlinear_fvu"], b["nonlinear_fvu"])])
-    rows.append(["published", "", PUBLISHED["error_vector_r2"], PUBLISHED["error_norm_r2"], "", "", PUBLISHED["nonlinear_fvu"]])
+    rows.append(["published", "", published_text("error_vector_r2"), published_text("error_norm_r2"), "", "", published_text("nonlinear_fvu")])
     return Section(
         "linear-error", "Dark matter: how much of the error is linear in x",
         "Error-vector R² is the share of the SAE error's variance that a linear map from the activation x predicts "
@@ -226,14 +213,14 @@ def synthetic_section(inputs: ReportInputs) -> Section | None:
     share = m["linear_share_of_added_error"]
     rows = [[source, fmt(share[source]), fmt(m[f"linear_vs_{source}"]), fmt(m[f"nonlinear_vs_{source}"])]
             for source in ("activation_noise", "introduced_noise", "masked_fraction")]
-    rows.append(["published", PUBLISHED["synthetic"], "", ""])
+    rows.append(["published", published_text("synthetic"), "", ""])
     return Section(
         "synthetic", "Dark matter: synthetic activations",
         "The linear share of the added error is how much of the error that one planted source adds a linear probe can "
         "predict: near 1 for sources of linear error, near 0 for sources of nonlinear error.",
         tables=[Table(["planted source", "linear share of the error it adds", "corr. with linear FVU", "corr. with nonlinear FVU"], rows)],
         figures=inputs.figure_files("synthetic.png"),
-        config_keys=["synthetic.hook", "synthetic.width", "synthetic.activation_noise", "synthetic.introduced_noise", "synthetic.masked_fraction"],
+        config_keys=["synthetic.hooks", "synthetic.widths", "synthetic.activation_noise", "synthetic.introduced_noise", "synthetic.masked_fraction"],
     )
 
 
@@ -242,14 +229,14 @@ def earlier_components_section(inputs: ReportInputs) -> Section | None:
     if not m:
         return None
     rows = [[name, fmt(r["error"]), fmt(r["linear_error"]), fmt(r["nonlinear_error"])] for name, r in m.items()]
-    rows.append(["published", "", "", PUBLISHED["earlier_components"]])
+    rows.append(["published", "", "", published_text("earlier_components")])
     return Section(
         "earlier-components", "Dark matter: predicting the error from earlier components",
         "Test R² of a linear map from each predictor to the target SAE's total error e, its linear part ê and its "
         "nonlinear part n: what of the dark matter another part of the model already carries.",
         tables=[Table(["predictor", "R² of e", "R² of ê", "R² of n"], rows)],
         figures=inputs.figure_files("earlier_components.png"),
-        config_keys=["earlier_components.target", "earlier_components.width", "earlier_components.sources"],
+        config_keys=["earlier_components.hooks", "earlier_components.widths", "earlier_components.sources"],
     )
 
 
@@ -263,7 +250,7 @@ def pathological_section(inputs: ReportInputs) -> Section | None:
         rows.append([name, fmt(kl["substitution"]["kl"]), fmt(kl["epsilon_random"]["kl"]),
                      f"{fmt(m['kl_ratio_substitution_vs_epsilon_random'], 2)} [{fmt(m['kl_ratio_ci_low'], 2)}, {fmt(m['kl_ratio_ci_high'], 2)}]",
                      fmt(m["kl_ratio_substitution_vs_cov_random"], 2), fmt(m["ce_score"]),
-                     PUBLISHED["kl_ratio_attn_z"] if "attn" in name else PUBLISHED["kl_ratio_resid"]])
+                     published_text("kl_ratio_attn_z") if "attn" in name else published_text("kl_ratio_resid")])
     return Section(
         "pathological", "Pathological errors: splicing the SAE into the model",
         "The KL ratio is how much more splicing in the SAE's reconstruction changes the next-token distribution than "
@@ -278,17 +265,17 @@ def component_ce_section(inputs: ReportInputs) -> Section | None:
     m = inputs.json("component_ce.json")
     if not m:
         return None
-    rows = [[hook, f"{r['ce_recovered_linear']:.0f} / {r['ce_recovered_nonlinear']:.0f}",
+    rows = [[name, f"{r['ce_recovered_linear']:.0f} / {r['ce_recovered_nonlinear']:.0f}",
              f"{r['variance_recovered_linear']:.0f} / {r['variance_recovered_nonlinear']:.0f}",
-             f"{r['error_norm_share_linear']:.0f} / {r['error_norm_share_nonlinear']:.0f}"] for hook, r in sorted(m.items(), key=lambda kv: _hook_order(kv[0]))]
-    rows.append(["published", PUBLISHED["component_ce"], "", ""])
+             f"{r['error_norm_share_linear']:.0f} / {r['error_norm_share_nonlinear']:.0f}"] for name, r in sorted(m.items(), key=lambda kv: _hook_order(kv[0]))]
+    rows.append(["published", published_text("component_ce"), "", ""])
     return Section(
         "component-ce", "Dark matter: downstream loss of the error components",
         "% CE recovered is how much of the next-token loss that splicing x̂ costs comes back when the linear (ê) or "
         "nonlinear (n) error is added back; 'proportional' means it matches the component's share of the variance.",
-        tables=[Table(["hook", "% CE recovered ê / n", "% variance recovered ê / n", "% of the error norm ê / n"], rows)],
+        tables=[Table(["SAE", "% CE recovered ê / n", "% variance recovered ê / n", "% of the error norm ê / n"], rows)],
         figures=inputs.figure_files("component_ce.png"),
-        config_keys=["component_ce.hooks", "component_ce.width", "component_ce.n_contexts"],
+        config_keys=["component_ce.hooks", "component_ce.widths", "component_ce.n_contexts"],
     )
 
 
@@ -298,7 +285,7 @@ def pursuit_section(inputs: ReportInputs) -> Section | None:
         return None
     rows = [[name, span(m["encoder_fvu"], m["pursuit_fvu"]), span(m["encoder_nonlinear_fvu"], m["pursuit_nonlinear_fvu"]),
              span(m["encoder_l0"], m["pursuit_l0"], 1), f"{100 * m['share_of_tokens_pursuit_better']:.0f}%"] for name, m in per_sae.items()]
-    rows.append(["published", PUBLISHED["pursuit"], "", "", ""])
+    rows.append(["published", published_text("pursuit"), "", "", ""])
     return Section(
         "pursuit", "Reducing the error: gradient pursuit",
         "Encoder → pursuit FVU is how much of the error a better choice of latents and coefficients, from the same "
@@ -318,7 +305,7 @@ def error_saes_section(inputs: ReportInputs) -> Section | None:
             r = m["by_component"][component]
             rows.append([name, target, fmt(r["fvu"]), fmt(r["l0"], 1), f"{100 * r['dead_fraction']:.1f}%",
                          fmt(r.get("judge_score")) if "judge_score" in r else "off"])
-    rows.append(["published", PUBLISHED["error_saes"], "", "", "", ""])
+    rows.append(["published", published_text("error_saes"), "", "", "", ""])
     return Section(
         "error-saes", "Reducing the error: SAEs trained on the error components",
         "The FVU of an SAE trained on one error component says how learnable (how sparse) that component is: "

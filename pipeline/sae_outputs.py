@@ -22,22 +22,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
-from pipeline.config import ConfigError
 from pipeline.row_split import RowSplit
-
-
-@dataclass
-class SaeOutputsConfig:
-    """The `sae_outputs` section."""
-
-    block_rows: int = 4096
-    """Test rows per streamed block."""
-    device: str = "auto"
-    """Where the SAE runs: auto (CUDA when present) | cpu | cuda | cuda:N."""
-
-    def __post_init__(self) -> None:
-        if self.block_rows < 1:
-            raise ConfigError(f"sae_outputs.block_rows: must be >= 1, got {self.block_rows}")
 
 
 @dataclass

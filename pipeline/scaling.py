@@ -1,4 +1,4 @@
-"""How an SAE's error scales with its width (SPEC experiments 4, 5 and 6), per hook.
+"""How an SAE's error scales with its width (docs/science.md: "Scaling across widths", "Per-token scaling", "Latent vs probe"), per hook.
 
 - `fit_power_law`: FVU(W) = c + a W^-m with c, a, m >= 0; c is the error no width removes.
 - `error_bands`: split each width's FVU into the nonlinear error, the linear error that
@@ -27,20 +27,6 @@ from pipeline.activation_store import iter_row_blocks
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
-
-
-@dataclass
-class ScalingConfig:
-    """The `scaling` section."""
-
-    min_widths_for_fit: int = 3
-    """The power law has three parameters: hooks with fewer SAE widths get no fit."""
-    smoothing_latents: int = 50
-    """Window (in latents, sorted by mean activation) of the running mean in the latent-vs-probe figure."""
-    block_rows: int = 4096
-    """Rows per streamed block."""
-    device: str = "auto"
-    """Where the SAE runs: auto (CUDA when present) | cpu | cuda | cuda:N."""
 
 
 @dataclass
@@ -126,7 +112,7 @@ class LatentProbe:
 
 
 def latent_vs_probe(sae: SAE, acts: zarr.Array, outputs: zarr.Group, block_rows: int) -> LatentProbe:
-    """SPEC 6 for one SAE: the probe and the latents' mean activations from the fit rows
+    """docs/science.md, "Latent vs probe", for one SAE: the probe and the latents' mean activations from the fit rows
     (`RowSplit.fit_rows`, encoded here), the probe scored on the test rows' stored x_hat (`sae_outputs` group)."""
     b_dec = sae.b_dec.detach().cpu().double().numpy()
     decoder = sae.W_dec.detach().cpu().double().numpy()

@@ -1,4 +1,4 @@
-"""SPEC experiment 7: a synthetic activation model where the sources of SAE error are planted.
+"""docs/science.md, "Synthetic activations": a synthetic activation model where the sources of SAE error are planted.
 
 From real activations, x_clean = SAE(acts) is exactly sparse in the SAE's dictionary. Then
 - the observed activation is x' = x_clean + sigma_a * s * g_a (dense noise no dictionary holds),
@@ -16,47 +16,15 @@ the nonlinear part the introduced noise.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sae_lens import SAE
 
-from pipeline.config import ConfigError
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.sae_outputs import encode_decode
-
-
-@dataclass
-class SyntheticConfig:
-    """The `synthetic` section."""
-
-    hook: str = "blocks.15.hook_resid_post"
-    """Whose activations and SAE (of `width`) build the synthetic model."""
-    width: int = 2304
-    train_rows: int = 20000
-    """Rows taken from the start of the fit rows (train rows no SAE trained on): the linear map's fit."""
-    test_rows: int = 8000
-    """Rows taken from the start of the test split (all reported FVUs)."""
-    activation_noise: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
-    """sigma_a values, in units of the activations' per-dimension standard deviation."""
-    introduced_noise: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
-    """sigma_r values, same units."""
-    masked_fraction: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
-    """Shares of latents (lowest mean activation first) dropped from the reconstruction."""
-    seed: int = 0
-    device: str = "auto"
-    """Where the SAE runs: auto (CUDA when present) | cpu | cuda | cuda:N."""
-
-    def __post_init__(self) -> None:
-        for key in ("activation_noise", "introduced_noise", "masked_fraction"):
-            values = getattr(self, key)
-            if not values:
-                raise ConfigError(f"synthetic.{key}: the list is empty")
-            if any(v < 0 for v in values) or (key == "masked_fraction" and any(v >= 1 for v in values)):
-                raise ConfigError(f"synthetic.{key}: values must be >= 0" + (" and < 1" if key == "masked_fraction" else "") + f", got {values}")
-        if self.train_rows < 1 or self.test_rows < 1:
-            raise ConfigError(f"synthetic.train_rows / test_rows: must be >= 1, got {self.train_rows} / {self.test_rows}")
+from pipeline.analysis_config import SyntheticConfig
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""DVC stage `component_ce` (SPEC 9): % CE recovered by adding back the linear / nonlinear error,
+"""DVC stage `component_ce` (docs/science.md, "Downstream loss of the components"): % CE recovered by adding back the linear / nonlinear error,
 beside the % variance each restores and its share of the error norm."""
 
 import argparse
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import zarr
 
-from pipeline.component_ce import ComponentCeConfig, component_ce
-from pipeline.config import HarvestConfig, Hook, load_params, section
+from pipeline.component_ce import component_ce
+from pipeline.config import Hook
 from pipeline.models import load_model, resolve_device
+from pipeline.params_check import load_checked_params
 from pipeline.plots import grouped_bars
-from pipeline.sae_config import SaeSetConfig, sae_name
+from pipeline.sae_config import sae_name
 from pipeline.saes import load_sae
 from pipeline.tokens import TokenStore
 from stages.common import stage, write_json
@@ -21,38 +22,37 @@ def main() -> None:
     for option in ("--model", "--tokens", "--saes", "--probes", "--metrics", "--figure"):
         parser.add_argument(option, type=Path, required=True)
     args = parser.parse_args()
-    reads = ["params.yaml:component_ce,sae", str(args.model), str(args.tokens), str(args.saes), str(args.probes)]
+    reads = ["params.yaml:component_ce,lm", str(args.model), str(args.tokens), str(args.saes), str(args.probes)]
     with stage("component_ce", reads=reads, writes=[str(args.metrics), str(args.figure)]):
-        params = load_params()
-        cfg = section(params, "component_ce", ComponentCeConfig)
-        sae_set = section(params, "sae", SaeSetConfig)
-        cfg.check_against(sae_set.hooks, sae_set.widths)
-        device = str(resolve_device(cfg.device))
-        model = load_model(args.model, section(params, "harvest", HarvestConfig).compute_dtype, device)
+        params = load_checked_params()
+        cfg = params.component_ce
+        device = str(resolve_device(params.lm.device, "lm.device"))
+        model = load_model(args.model, params.lm.compute_dtype, device)
         tokens = TokenStore.open(args.tokens)
         test_contexts = tokens.split.test_contexts(cfg.n_contexts)
         results = {}
         for hook in cfg.hooks:
-            name = sae_name(hook, cfg.width)
-            probes = zarr.open_group(args.probes / f"{name}.zarr", mode="r")
-            results[hook] = component_ce(
-                model, load_sae(args.saes / name, device=device), Hook.parse(hook, "component_ce.hooks"),
-                probes["probe_weight"][:], probes["probe_bias"][:], tokens.contexts[test_contexts], tokens.mask[test_contexts], cfg.batch_size,
-            )
-            r = results[hook]
-            print(f"component_ce {name}: CE recovered linear {r['ce_recovered_linear']:.1f}% / nonlinear {r['ce_recovered_nonlinear']:.1f}%; "
-                  f"variance {r['variance_recovered_linear']:.1f}% / {r['variance_recovered_nonlinear']:.1f}%; "
-                  f"error norm {r['error_norm_share_linear']:.1f}% / {r['error_norm_share_nonlinear']:.1f}%")
+            for width in cfg.widths:
+                name = sae_name(hook, width)
+                probes = zarr.open_group(args.probes / f"{name}.zarr", mode="r")
+                results[name] = r = component_ce(
+                    model, load_sae(args.saes / name, device=device), Hook.parse(hook, "component_ce.hooks"),
+                    probes["probe_weight"][:], probes["probe_bias"][:], tokens.contexts[test_contexts], tokens.mask[test_contexts],
+                    cfg.batch_size,
+                )
+                print(f"component_ce {name}: CE recovered linear {r['ce_recovered_linear']:.1f}% / nonlinear {r['ce_recovered_nonlinear']:.1f}%; "
+                      f"variance {r['variance_recovered_linear']:.1f}% / {r['variance_recovered_nonlinear']:.1f}%; "
+                      f"error norm {r['error_norm_share_linear']:.1f}% / {r['error_norm_share_nonlinear']:.1f}%")
         write_json(args.metrics, results)
         bars = {}
-        for hook, r in results.items():
+        for name, r in results.items():
             for part in ("linear", "nonlinear"):
-                bars[f"{hook} + {'ê' if part == 'linear' else 'n'}"] = {
+                bars[f"{name} + {'ê' if part == 'linear' else 'n'}"] = {
                     "% CE recovered": r[f"ce_recovered_{part}"],
                     "% variance recovered": r[f"variance_recovered_{part}"],
                     "% of error norm": r[f"error_norm_share_{part}"],
                 }
-        grouped_bars(bars, f"Adding back one error component to x̂ (width {cfg.width})", "percent", args.figure)
+        grouped_bars(bars, "Adding back one error component to x̂", "percent", args.figure)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
-"""DVC stage `earlier_components` (SPEC 11): test R^2 of predicting the target SAE's e, e_hat and n
+"""DVC stage `earlier_components` (docs/science.md, "Earlier components"): test R^2 of predicting the target SAE's e, e_hat and n
 from the SAE outputs, activations and errors of earlier components."""
 
 import argparse
 from pathlib import Path
 
-from pipeline.config import load_params, section
-from pipeline.earlier_components import TARGETS, EarlierComponentsConfig, fit_and_score, open_inputs
+from pipeline.earlier_components import TARGETS, fit_and_score, open_inputs
+from pipeline.params_check import load_checked_params
 from pipeline.plots import grouped_bars
-from pipeline.sae_config import SaeSetConfig
 from stages.common import stage, write_json
 
 
@@ -18,10 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     reads = ["params.yaml:earlier_components,sae.hooks,sae.widths", str(args.activations), str(args.saes), str(args.probes)]
     with stage("earlier_components", reads=reads, writes=[str(args.metrics), str(args.figure)]):
-        params = load_params()
-        cfg = section(params, "earlier_components", EarlierComponentsConfig)
-        sae_set = section(params, "sae", SaeSetConfig)
-        cfg.check_against(sae_set.hooks, sae_set.widths)
+        cfg = load_checked_params().earlier_components
         saes, stores, target_role, weight, bias = open_inputs(cfg, args.activations, args.saes, args.probes)
         r2 = fit_and_score(saes, stores, target_role, weight, bias, cfg)
         write_json(args.metrics, r2)

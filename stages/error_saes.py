@@ -1,4 +1,4 @@
-"""DVC stage `error_saes` (one per SAE in error_saes.hooks x error_saes.widths, SPEC 8): train SAEs
+"""DVC stage `error_saes` (one per SAE in error_saes.hooks x error_saes.widths, docs/science.md, "SAEs trained on the error components"): train SAEs
 of the same architecture, width and k on the linear, nonlinear and total error of an SAE, and
 compare them on test tokens."""
 
@@ -9,13 +9,12 @@ from pathlib import Path
 import zarr
 
 from pipeline.activation_store import open_store
-from pipeline.config import load_params, section
-from pipeline.error_saes import COMPONENTS, ErrorSaesConfig, judge_score, score, write_components
+from pipeline.error_saes import COMPONENTS, judge_score, score, write_components
 from pipeline.harvest import store_path
 from pipeline.judge import load_judge
 from pipeline.models import load_tokenizer, resolve_device
 from pipeline.plots import new_figure, save
-from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
+from pipeline.params_check import load_checked_params
 from pipeline.saes import CurvePoint, check_sae_fits, load_sae, save_sae, train_sae
 from pipeline.tokens import TokenStore
 from stages.common import per_sae_arguments, stage, write_json
@@ -42,13 +41,10 @@ def main() -> None:
     store = store_path(args.activations, args.hook)
     reads = ["params.yaml:error_saes,sae,train_sae", str(store), str(args.sae), str(args.probes)]
     with stage("error_saes", reads=reads, writes=[str(args.out), str(args.metrics), str(args.curves), str(args.figure)]):
-        params = load_params()
-        cfg = section(params, "error_saes", ErrorSaesConfig)
-        sae_set = section(params, "sae", SaeSetConfig)
-        train = section(params, "train_sae", TrainSaeConfig)
-        cfg.check_against(sae_set.hooks, sae_set.widths)
+        params = load_checked_params()
+        cfg, sae_set, train = params.error_saes, params.sae, params.train_sae
         acts = open_store(store)
-        sae = load_sae(args.sae, device=str(resolve_device(train.device)))
+        sae = load_sae(args.sae, device=str(resolve_device(train.device, "train_sae.device")))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         probes = zarr.open_group(args.probes, mode="r")
         args.out.mkdir(parents=True, exist_ok=True)

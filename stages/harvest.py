@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.config import HarvestConfig, load_params, section
+from pipeline.params_check import load_checked_params
 from pipeline.harvest import harvest
 from stages.common import stage, write_json
 
@@ -17,11 +17,12 @@ def main() -> None:
     args = parser.parse_args()
     with stage(
         "harvest",
-        reads=["params.yaml:harvest", str(args.model), str(args.tokens)],
+        reads=["params.yaml:harvest,lm", str(args.model), str(args.tokens)],
         writes=[str(args.out), str(args.metrics)],
     ):
-        cfg = section(load_params(), "harvest", HarvestConfig)
-        result = harvest(args.model, args.tokens, args.out, cfg)
+        params = load_checked_params()
+        cfg = params.harvest
+        result = harvest(args.model, args.tokens, args.out, cfg, params.lm)
         write_json(
             args.metrics,
             {

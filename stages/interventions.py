@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.activation_store import open_store
-from pipeline.config import HarvestConfig, Hook, TokensConfig, load_params, section
+from pipeline.config import Hook
 from pipeline.harvest import store_path
-from pipeline.interventions import INTERVENTIONS
+from pipeline.replacements import INTERVENTIONS
 from pipeline.models import load_model, resolve_device
-from pipeline.pathological import InterventionsConfig, activation_stats, run_interventions, summarise
+from pipeline.params_check import load_checked_params
+from pipeline.interventions import activation_stats, run_interventions, summarise
 from pipeline.plots import new_figure, save
-from pipeline.sae_config import SaeSetConfig
 from pipeline.saes import check_sae_fits, load_sae
 from pipeline.tokens import TokenStore
 from stages.common import per_sae_arguments, stage, write_json
@@ -46,21 +46,18 @@ def draw(results, metrics: dict, name: str, p: int | None, path: Path) -> Path:
 def main() -> None:
     args = per_sae_arguments(__doc__, extra=(("--model", Path), ("--tokens", Path), ("--figure", Path)), store_out=False)
     store = store_path(args.activations, args.hook)
-    reads = ["params.yaml:interventions,tokens,sae", str(args.model), str(args.tokens), str(store), str(args.sae)]
+    reads = ["params.yaml:interventions,lm", str(args.model), str(args.tokens), str(store), str(args.sae)]
     with stage("interventions", reads=reads, writes=[str(args.metrics), str(args.figure)]):
-        params = load_params()
-        cfg = section(params, "interventions", InterventionsConfig)
-        tokens_cfg = section(params, "tokens", TokensConfig)
-        sae_set = section(params, "sae", SaeSetConfig)
-        cfg.check_against(sae_set.hooks, sae_set.widths, tokens_cfg.context_length, tokens_cfg.skip_positions)
-        device = resolve_device(cfg.device)
+        params = load_checked_params()
+        cfg = params.interventions
+        device = resolve_device(params.lm.device, "lm.device")
         acts = open_store(store)
         sae = load_sae(args.sae, device=str(device))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         stats = activation_stats(acts)
         tokens = TokenStore.open(args.tokens)
         test_contexts = tokens.split.test_contexts(cfg.n_contexts)
-        model = load_model(args.model, section(params, "harvest", HarvestConfig).compute_dtype, str(device))
+        model = load_model(args.model, params.lm.compute_dtype, str(device))
         results = run_interventions(model, sae, Hook.parse(args.hook, "--hook"), tokens.contexts[test_contexts], tokens.mask[test_contexts], stats, cfg)
         metrics = summarise(results, cfg)
         write_json(args.metrics, metrics)

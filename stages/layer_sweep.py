@@ -6,13 +6,13 @@ import csv
 import json
 from pathlib import Path
 
-from pipeline.config import Hook, load_params, section
-from pipeline.pathological import InterventionsConfig
+from pipeline.config import Hook
+from pipeline.params_check import load_checked_params
 from pipeline.plots import new_figure, save
+from pipeline.published import published_range, published_text
 from pipeline.sae_config import sae_name
 from stages.common import stage, write_json
 
-PUBLISHED = {"resid": (2.0, 4.5), "attn_z": (0.9, 1.7)}  # GPT-2 small (Gurnee 2024)
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
         parser.add_argument(option, type=Path, required=True)
     args = parser.parse_args()
     with stage("layer_sweep", reads=["params.yaml:interventions", str(args.metrics_dir)], writes=[str(args.out), str(args.plot), str(args.figure)]):
-        cfg = section(load_params(), "interventions", InterventionsConfig)
+        cfg = load_checked_params().interventions
         rows = []
         for hook_name in cfg.hooks:
             hook = Hook.parse(hook_name, "interventions.hooks")
@@ -47,7 +47,7 @@ def main() -> None:
                     lows = [r["kl_ratio"] - r["kl_ratio_ci_low"] for r in sel]
                     highs = [r["kl_ratio_ci_high"] - r["kl_ratio"] for r in sel]
                     ax.errorbar([r["layer"] for r in sel], [r["kl_ratio"] for r in sel], yerr=[lows, highs], fmt=marker, capsize=3, label=f"{site}, width {width}")
-        ax.axhspan(*PUBLISHED["resid"], color="grey", alpha=0.15, label="published, GPT-2 residual: 2-4.5x")
+        ax.axhspan(*published_range("kl_ratio_resid"), color="grey", alpha=0.15, label=f"published residual ratio: {published_text('kl_ratio_resid')}")
         ax.axhline(1, color="black", linewidth=0.6)
         ax.set_xlabel("layer")
         ax.set_ylabel("KL(substitution) / KL(epsilon_random)")

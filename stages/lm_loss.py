@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.config import HarvestConfig, load_params, section
+from pipeline.params_check import load_checked_params
 from pipeline.lm_loss import write_lm_loss
 from pipeline.models import resolve_device
 from stages.common import stage
@@ -15,9 +15,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    with stage("lm_loss", reads=["params.yaml:harvest.batch_size,harvest.device", str(args.model), str(args.tokens)], writes=[str(args.out)]):
-        cfg = section(load_params(), "harvest", HarvestConfig)
-        write_lm_loss(args.model, args.tokens, args.out, cfg.batch_size, str(resolve_device(cfg.device)))
+    with stage("lm_loss", reads=["params.yaml:lm", str(args.model), str(args.tokens)], writes=[str(args.out)]):
+        lm = load_checked_params().lm
+        write_lm_loss(args.model, args.tokens, args.out, lm.batch_size, str(resolve_device(lm.device, "lm.device")), lm.compute_dtype)
 
 
 if __name__ == "__main__":

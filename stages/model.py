@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.config import ModelConfig, load_params, section
+from pipeline.params_check import load_checked_params
 from pipeline.models import materialise
 from stages.common import stage
 
@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     with stage("model", reads=["params.yaml:model"], writes=[str(args.out)]):
-        cfg = section(load_params(), "model", ModelConfig)
+        cfg = load_checked_params().model
         info = materialise(cfg, args.out)
         print(
             f"model {cfg.name}: {info['model_type']}, {info['n_layers']} layers, d_model {info['d_model']}, "

@@ -4,11 +4,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline.activation_store import open_store
-from pipeline.config import load_params, section
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
 from pipeline.norm_baselines import RowFeatures
-from pipeline.probes import ProbesConfig, fit_component_norm_probes, fit_error_probes, score_error_probes
+from pipeline.params_check import load_checked_params
+from pipeline.probes import fit_component_norm_probes, fit_error_probes, score_error_probes
 from pipeline.saes import check_sae_fits, load_sae
 from stages.common import per_sae_arguments, stage, write_json
 
@@ -18,9 +18,9 @@ def main() -> None:
     store = store_path(args.activations, args.hook)
     reads = ["params.yaml:probes", str(store), str(args.sae), str(args.tokens), str(args.lm_loss)]
     with stage("probes", reads=reads, writes=[str(args.out), str(args.metrics)]):
-        cfg = section(load_params(), "probes", ProbesConfig)
+        cfg = load_checked_params().probes
         acts = open_store(store)
-        sae = load_sae(args.sae, device=str(resolve_device(cfg.device)))
+        sae = load_sae(args.sae, device=str(resolve_device(cfg.device, "probes.device")))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         rows = RowFeatures.open(args.tokens, args.lm_loss, acts.shape[0])
         fit, baselines = fit_error_probes(sae, acts, rows, cfg)

@@ -1,4 +1,4 @@
-"""DVC stage `probes_summary`: figures over all SAEs' probe metrics (SPEC 1-3): error-vector and
+"""DVC stage `probes_summary`: figures over all SAEs' probe metrics (docs/science.md, "Dark matter"): error-vector and
 error-norm R^2 and nonlinear FVU by width, norm baselines, and component-norm predictability."""
 
 import argparse
@@ -7,22 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import load_params, section
 from pipeline.norm_baselines import BASELINES
 from pipeline.plots import new_figure, save
+from pipeline.published import published_text
 from pipeline.probes import COMPONENTS
-from pipeline.sae_config import SaeSetConfig, sae_name
+from pipeline.params_check import load_checked_params
+from pipeline.sae_config import sae_name
 from stages.common import stage, write_json
 
 
 def by_width(table: dict, hooks: list[str], widths: list[int], path: Path) -> Path:
     fig, axes = new_figure(14, 4, ncols=3)
     panels = (
-        ("error_vector_r2", "error-vector R² (1 − FVU(e, ê))", "published: about 0.5"),
-        ("error_norm_r2", "error-norm R² (‖e‖ from x)", "published: > 0.9"),
-        ("nonlinear_fvu", "nonlinear FVU: FVU(x, x̂ + ê)", "published: flat in width"),
+        ("error_vector_r2", "error-vector R² (1 − FVU(e, ê))"),
+        ("error_norm_r2", "error-norm R² (‖e‖ from x)"),
+        ("nonlinear_fvu", "nonlinear FVU: FVU(x, x̂ + ê)"),
     )
-    for ax, (key, label, note) in zip(axes, panels):
+    for ax, (key, label) in zip(axes, panels):
+        note = f"published: {published_text(key)}"
         for hook in hooks:
             ax.plot(widths, [table[sae_name(hook, w)][key] for w in widths], "o-", label=hook)
         ax.set_xscale("log")
@@ -65,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     with stage("probes_summary", reads=["params.yaml:sae.hooks,sae.widths", str(args.metrics_dir)], writes=[str(args.figures), str(args.out)]):
-        cfg = section(load_params(), "sae", SaeSetConfig)
+        cfg = load_checked_params().sae
         widths = sorted(cfg.widths)
         table = {sae_name(h, w): json.loads((args.metrics_dir / f"{sae_name(h, w)}.json").read_text()) for h in cfg.hooks for w in widths}
         by_width(table, cfg.hooks, widths, args.figures / "by_width.png")

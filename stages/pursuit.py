@@ -1,15 +1,13 @@
-"""DVC stage `pursuit` (one per SAE in pursuit.hooks x pursuit.widths, SPEC 10): re-encode test
+"""DVC stage `pursuit` (one per SAE in pursuit.hooks x pursuit.widths, docs/science.md, "Gradient pursuit"): re-encode test
 tokens by gradient pursuit at each token's encoder L0; FVU, L0 and nonlinear FVU beside the encoder's."""
 
 from pathlib import Path
 
 from pipeline.activation_store import open_store
-from pipeline.config import load_params, section
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
-from pipeline.probes import ProbesConfig
-from pipeline.pursuit import PursuitConfig, pursuit_metrics
-from pipeline.sae_config import SaeSetConfig
+from pipeline.params_check import load_checked_params
+from pipeline.pursuit import pursuit_metrics
 from pipeline.saes import check_sae_fits, load_sae
 from stages.common import per_sae_arguments, stage, write_json
 
@@ -18,13 +16,10 @@ def main() -> None:
     args = per_sae_arguments(__doc__, store_out=False)
     store = store_path(args.activations, args.hook)
     with stage("pursuit", reads=["params.yaml:pursuit,probes,sae", str(store), str(args.sae)], writes=[str(args.metrics)]):
-        params = load_params()
-        cfg = section(params, "pursuit", PursuitConfig)
-        sae_set = section(params, "sae", SaeSetConfig)
-        probes = section(params, "probes", ProbesConfig)
-        cfg.check_against(sae_set.hooks, sae_set.widths)
+        params = load_checked_params()
+        cfg, probes = params.pursuit, params.probes
         acts = open_store(store)
-        sae = load_sae(args.sae, device=str(resolve_device(cfg.device)))
+        sae = load_sae(args.sae, device=str(resolve_device(cfg.device, "pursuit.device")))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         metrics = pursuit_metrics(sae, acts, cfg, probes.bias, probes.ridge)
         write_json(args.metrics, metrics)

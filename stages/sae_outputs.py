@@ -1,10 +1,10 @@
 """DVC stage `sae_outputs` (one per SAE): per-token reconstructions, errors and latents on test tokens."""
 
 from pipeline.activation_store import open_store
-from pipeline.config import load_params, section
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
-from pipeline.sae_outputs import SaeOutputsConfig, write_sae_outputs
+from pipeline.params_check import load_checked_params
+from pipeline.sae_outputs import write_sae_outputs
 from pipeline.saes import check_sae_fits, load_sae
 from stages.common import per_sae_arguments, stage, write_json
 
@@ -14,8 +14,8 @@ def main() -> None:
     store = store_path(args.activations, args.hook)
     with stage("sae_outputs", reads=["params.yaml:sae_outputs", str(store), str(args.sae)], writes=[str(args.out), str(args.metrics)]):
         acts = open_store(store)
-        cfg = section(load_params(), "sae_outputs", SaeOutputsConfig)
-        sae = load_sae(args.sae, device=str(resolve_device(cfg.device)))
+        cfg = load_checked_params().sae_outputs
+        sae = load_sae(args.sae, device=str(resolve_device(cfg.device, "sae_outputs.device")))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
         attrs = {"sae": str(args.sae), "hook": args.hook, "d_sae": sae.cfg.d_sae, "token_store_hash": acts.attrs["token_store_hash"]}
         metrics, rate = write_sae_outputs(sae, acts, args.out, attrs, block_rows=cfg.block_rows)

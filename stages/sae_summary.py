@@ -4,8 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.config import load_params, section
-from pipeline.sae_config import SaeSetConfig, sae_name
+from pipeline.params_check import load_checked_params
+from pipeline.sae_config import sae_name
 from stages.common import stage, write_json
 
 
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     with stage("sae_summary", reads=["params.yaml:sae", str(args.metrics_dir)], writes=[str(args.out)]):
-        cfg = section(load_params(), "sae", SaeSetConfig)
+        cfg = load_checked_params().sae
         table = {}
         for hook in cfg.parsed_hooks():
             for width in cfg.widths:

@@ -1,4 +1,4 @@
-"""DVC stage `scaling` (SPEC 4-6): per hook, across SAE widths: the power-law fit of FVU, the
+"""DVC stage `scaling` (docs/science.md, "Scaling across widths" to "Latent vs probe"): per hook, across SAE widths: the power-law fit of FVU, the
 stacked error bands, per-token scaling heatmaps and the latent-vs-probe comparison."""
 
 import argparse
@@ -11,14 +11,14 @@ import numpy as np
 import zarr
 
 from pipeline.activation_store import iter_row_blocks, open_store
-from pipeline.config import load_params, section
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit
-from pipeline.sae_config import SaeSetConfig, sae_name
+from pipeline.params_check import load_checked_params
+from pipeline.sae_config import sae_name
 from pipeline.saes import load_sae
-from pipeline.scaling import BANDS, ScalingConfig, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
+from pipeline.scaling import BANDS, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
 from stages.common import stage, write_json
 
 log = logging.getLogger("stage")
@@ -97,9 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     reads = ["params.yaml:scaling,sae.hooks,sae.widths", str(args.metrics_dir), str(args.activations), str(args.sae_outputs), str(args.probes), str(args.saes)]
     with stage("scaling", reads=reads, writes=[str(args.out), str(args.plots), str(args.figures)]):
-        params = load_params()
-        cfg = section(params, "scaling", ScalingConfig)
-        sae_set = section(params, "sae", SaeSetConfig)
+        params = load_checked_params()
+        cfg, sae_set = params.scaling, params.sae
         widths = sorted(sae_set.widths)
         results = {}
         for hook in sae_set.hooks:
@@ -119,7 +118,7 @@ def main() -> None:
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, split)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
-                latent[width] = latent_vs_probe(load_sae(args.saes / name, device=str(resolve_device(cfg.device))), acts, group, cfg.block_rows)
+                latent[width] = latent_vs_probe(load_sae(args.saes / name, device=str(resolve_device(cfg.device, "scaling.device"))), acts, group, cfg.block_rows)
 
             pursuit = {i: json.loads(p.read_text()) for i, n in enumerate(names) if (p := args.metrics_dir / "pursuit" / f"{n}.json").exists()}
             bands = error_bands(fvu, nonlinear, law.c if law else np.inf, pursuit)

@@ -1,4 +1,4 @@
-"""DVC stage `synthetic` (SPEC 7): the synthetic activation model over its grid of planted noise
+"""DVC stage `synthetic` (docs/science.md, "Synthetic activations"): the synthetic activation model over its grid of planted noise
 sizes and masked latents: FVU table, correlations, figure."""
 
 import argparse
@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.activation_store import open_store
-from pipeline.config import ConfigError, load_params, section
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit
-from pipeline.sae_config import SaeSetConfig, sae_name
+from pipeline.params_check import load_checked_params
+from pipeline.sae_config import sae_name
 from pipeline.saes import check_sae_fits, load_sae
-from pipeline.synthetic import SyntheticConfig, correlations, linear_share_of_added_error, run_grid
+from pipeline.analysis_config import SyntheticConfig
+from pipeline.synthetic import correlations, linear_share_of_added_error, run_grid
 from stages.common import stage, write_json
 
 
@@ -48,14 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     reads = ["params.yaml:synthetic,sae.hooks,sae.widths", str(args.activations), str(args.saes)]
     with stage("synthetic", reads=reads, writes=[str(args.metrics), str(args.table), str(args.figure)]):
-        params = load_params()
-        cfg = section(params, "synthetic", SyntheticConfig)
-        sae_set = section(params, "sae", SaeSetConfig)
-        if cfg.hook not in sae_set.hooks or cfg.width not in sae_set.widths:
-            raise ConfigError(f"synthetic.hook / synthetic.width: no SAE {sae_name(cfg.hook, cfg.width)} "
-                              f"(sae.hooks {sae_set.hooks}, sae.widths {sae_set.widths})")
+        cfg = load_checked_params().synthetic
         acts = open_store(store_path(args.activations, cfg.hook))
-        sae = load_sae(args.saes / sae_name(cfg.hook, cfg.width), device=str(resolve_device(cfg.device)))
+        sae = load_sae(args.saes / sae_name(cfg.hook, cfg.width), device=str(resolve_device(cfg.device, "synthetic.device")))
         check_sae_fits(sae, acts.shape[1], cfg.width, str(args.saes / sae_name(cfg.hook, cfg.width)))
         split = RowSplit.of(acts)
         train = acts[split.fit_rows.start : min(split.fit_rows.start + cfg.train_rows, split.fit_rows.stop)]

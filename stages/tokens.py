@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from pipeline.config import ConfigError, DataConfig, TokensConfig, load_params, section
+from pipeline.config import ConfigError
+from pipeline.params_check import load_checked_params
 from pipeline.models import checkpoint_info, load_model_config, load_tokenizer, max_positions
 from pipeline.text import documents
 from pipeline.tokens import bos_token_id, split_train_first, token_stream_contexts, write_token_store
@@ -16,10 +17,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     with stage("tokens", reads=["params.yaml:data,tokens,model.bos_token", str(args.model)], writes=[str(args.out)]):
-        params = load_params()
-        data_cfg = section(params, "data", DataConfig)
-        tokens_cfg = section(params, "tokens", TokensConfig)
-        bos_token = params.model.get("bos_token")
+        params = load_checked_params()
+        data_cfg, tokens_cfg = params.data, params.tokens
+        bos_token = params.model.bos_token
         limit = max_positions(load_model_config(args.model))
         if limit is not None and tokens_cfg.context_length > limit:
             raise ConfigError(

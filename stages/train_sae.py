@@ -6,10 +6,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from pipeline.activation_store import open_store
-from pipeline.config import Hook, load_params, section
+from pipeline.config import Hook
 from pipeline.harvest import store_path
 from pipeline.row_split import RowSplit
-from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
+from pipeline.params_check import load_checked_params
 from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae
 from stages.common import stage
 
@@ -24,9 +24,8 @@ def main() -> None:
     args = parser.parse_args()
     store = store_path(args.activations, args.hook)
     with stage("train_sae", reads=["params.yaml:sae,train_sae", str(store)], writes=[str(args.out), str(args.curve)]):
-        params = load_params()
-        cfg = section(params, "sae", SaeSetConfig)
-        train = section(params, "train_sae", TrainSaeConfig)
+        params = load_checked_params()
+        cfg, train = params.sae, params.train_sae
         hook = Hook.parse(args.hook, "--hook")
         acts = open_store(store)
         metadata = {"model_name": acts.attrs["model"], "hook_name": hook.name, "prepend_bos": True}

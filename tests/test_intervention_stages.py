@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from pipeline.config import Hook
-from pipeline.interventions import INTERVENTIONS
+from pipeline.replacements import INTERVENTIONS
 from tests.conftest import params_with, run_stage, stages_to_rerun
 
 pytestmark = pytest.mark.slow

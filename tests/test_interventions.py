@@ -1,4 +1,4 @@
-"""Replacements (SPEC table) on random rows, and the splice engine on the real SmolLM2."""
+"""Replacements (docs/science.md, "Pathological errors") on random rows, and the splice engine on the real SmolLM2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.config import Hook
-from pipeline.interventions import INTERVENTIONS, ActivationStats, replacement
+from pipeline.replacements import INTERVENTIONS, ActivationStats, replacement
 
 D = 48
 

@@ -1,4 +1,4 @@
-"""Gradient pursuit (SPEC 10) on dictionaries with planted sparse codes."""
+"""Gradient pursuit (docs/science.md, "Gradient pursuit") on dictionaries with planted sparse codes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scaling analyses (SPEC 4-5) on data with planted answers."""
+"""Scaling analyses (docs/science.md, "Scaling across widths", "Per-token scaling") on data with planted answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The synthetic activation model (SPEC 7) on a dictionary where every answer is known."""
+"""The synthetic activation model (docs/science.md, "Synthetic activations") on a dictionary where every answer is known."""
 
 from __future__ import annotations
 
