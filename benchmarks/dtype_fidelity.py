@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harvest_throughput import subset_token_store  # noqa: E402
 from pipeline.activation_store import open_store  # noqa: E402
-from pipeline.config import HarvestConfig  # noqa: E402
+from pipeline.config import HarvestConfig, LmConfig  # noqa: E402
 from pipeline.harvest import harvest, store_path  # noqa: E402
 from pipeline.tokens import TokenStore  # noqa: E402
 
@@ -46,8 +46,8 @@ def main() -> None:
         acts = {}
         for compute, store in SETTINGS:
             out = work / f"{compute}-{store}"
-            cfg = HarvestConfig(hooks=HOOKS, compute_dtype=compute, store_dtype=store, device="cpu")
-            harvest(args.model, tokens.path, out, cfg, progress=False)
+            cfg = HarvestConfig(hooks=HOOKS, store_dtype=store)
+            harvest(args.model, tokens.path, out, cfg, LmConfig(compute_dtype=compute, device="cpu"), progress=False)
             acts[compute, store] = {h: open_store(store_path(out, h))[:].astype(np.float64) for h in HOOKS}
         reference = acts[SETTINGS[0]]
         print(f"{tokens.n_rows} tokens; error against float32 compute + float32 storage")

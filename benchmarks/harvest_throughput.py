@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import DataConfig, HarvestConfig, TokensConfig  # noqa: E402
+from pipeline.config import DataConfig, HarvestConfig, LmConfig, TokensConfig  # noqa: E402
 from pipeline.harvest import harvest  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.sites import blocks  # noqa: E402
@@ -43,9 +43,9 @@ def hooks_at(layer: int) -> list[str]:
 
 
 def time_harvest(model_dir: Path, tokens: TokenStore, layer: int, dtype: str, batch: int, work: Path) -> float:
-    cfg = HarvestConfig(hooks=hooks_at(layer), compute_dtype=dtype, batch_size=batch, device="cpu")
+    cfg, lm = HarvestConfig(hooks=hooks_at(layer)), LmConfig(compute_dtype=dtype, batch_size=batch, device="cpu")
     out = work / f"acts-{dtype}-{time.monotonic_ns()}"
-    result = harvest(model_dir, tokens.path, out, cfg, progress=False)
+    result = harvest(model_dir, tokens.path, out, cfg, lm, progress=False)
     return result.n_rows / result.seconds
 
 
@@ -81,8 +81,8 @@ def peak_rss_mb(model_dir: Path, tokens_path: Path, layer: int, work: Path) -> f
     include the parent's memory at fork time)."""
     code = (
         "import sys; sys.path.insert(0, %r)\n"
-        "from pipeline.config import HarvestConfig\nfrom pipeline.harvest import harvest\n"
-        "harvest(%r, %r, %r, HarvestConfig(hooks=%r, device='cpu'), progress=False)\n"
+        "from pipeline.config import HarvestConfig, LmConfig\nfrom pipeline.harvest import harvest\n"
+        "harvest(%r, %r, %r, HarvestConfig(hooks=%r), LmConfig(device='cpu'), progress=False)\n"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
     ) % (
         str(Path(__file__).resolve().parents[1]),

@@ -81,8 +81,9 @@ class ModelConfig:
     """For source=pretrained from the hub: a commit, branch or tag to pin."""
     checkpoint_dtype: str = "float32"
     """dtype of the materialised checkpoint (bfloat16 halves the disk of large models)."""
-    bos_token: Optional[str] = None
-    """Token that starts every context and separates documents; null: the tokenizer's BOS
+    bos_token: Optional[str] = "<|endoftext|>"
+    """Token that starts every context and separates documents (the default model, SmolLM2, uses
+    "<|endoftext|>"); null: the tokenizer's BOS
     (then its EOS if it has no BOS)."""
 
     SOURCES = ("gguf_package", "pretrained")

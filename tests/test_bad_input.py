@@ -7,7 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import ConfigError, DataConfig, HarvestConfig, TokensConfig, section
+from pipeline.config import ConfigError, DataConfig, HarvestConfig, LmConfig, TokensConfig, section
 from pipeline.harvest import validate
 from pipeline.text import documents
 from pipeline.tokens import token_stream_contexts
@@ -61,8 +61,8 @@ def test_wrong_type_and_unknown_key_name_the_key():
 def test_value_checks_name_the_key():
     with pytest.raises(ConfigError, match=r"tokens\.skip_positions"):
         TokensConfig(context_length=16, skip_positions=20)
-    with pytest.raises(ConfigError, match=r"harvest\.compute_dtype: 'float8' is not one of"):
-        HarvestConfig(compute_dtype="float8")
+    with pytest.raises(ConfigError, match=r"lm\.compute_dtype: 'float8' is not one of"):
+        LmConfig(compute_dtype="float8")
     with pytest.raises(ConfigError, match=r"data\.source: 'web' is not one of \['pydoc', 'datasets'\]"):
         DataConfig(source="web")
 

@@ -19,14 +19,16 @@ from tests.conftest import REPO, run_stage, subprocess_env
 pytestmark = pytest.mark.slow
 
 # A deep hook (the whole network runs) and small batches/chunks: many commits, a wide kill window.
-HARVEST = {
-    "hooks": ["blocks.29.hook_resid_post", "blocks.10.hook_mlp_out"],
-    "compute_dtype": "float32",
-    "store_dtype": "float32",
-    "batch_size": 1,
-    "chunk_rows": 56,
-    "device": "cpu",
-}
+DEEP_HOOKS = ["blocks.29.hook_resid_post", "blocks.10.hook_mlp_out"]
+CHUNK_ROWS = 56
+
+
+def write_params(workdir: Path, smoke_repo: Path) -> None:
+    """The smoke params with the deep hooks added to harvest, one context per batch, small chunks."""
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["harvest"].update({"hooks": DEEP_HOOKS + params["harvest"]["hooks"], "chunk_rows": CHUNK_ROWS})
+    params["lm"].update({"batch_size": 1, "device": "cpu"})
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def harvest_args(workdir: Path, smoke_repo: Path, out: str) -> list[str]:
@@ -51,7 +53,7 @@ def committed(path: Path) -> int:
 
 
 def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"harvest": HARVEST}))
+    write_params(tmp_path, smoke_repo)
     store = tmp_path / "killed" / "blocks.29.hook_resid_post.zarr"
 
     proc = subprocess.Popen(
@@ -62,7 +64,7 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while committed(store) < 3 * HARVEST["chunk_rows"] and proc.poll() is None and time.monotonic() < deadline:
+    while committed(store) < 3 * CHUNK_ROWS and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -72,7 +74,7 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
 
     run_stage("harvest", harvest_args(tmp_path, smoke_repo, "killed"), tmp_path)
     resumed = json.loads((tmp_path / "killed.json").read_text())
-    assert resumed["resumed_from_row"] >= rows_at_kill - HARVEST["chunk_rows"] > 0
+    assert resumed["resumed_from_row"] >= rows_at_kill - CHUNK_ROWS > 0
     assert resumed["rows_computed"] == total - resumed["resumed_from_row"]
 
     run_stage("harvest", harvest_args(tmp_path, smoke_repo, "clean"), tmp_path)
@@ -85,7 +87,9 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
 
 def test_store_written_under_other_params_restarts(smoke_repo, tmp_path):
     """A partial store from a different config is not resumed: it is rebuilt from row 0."""
-    params = {"harvest": {**HARVEST, "hooks": ["blocks.2.hook_resid_post"], "chunk_rows": 64}}
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["harvest"]["chunk_rows"] = 64
+    params["lm"]["device"] = "cpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run_stage("harvest", harvest_args(tmp_path, smoke_repo, "acts"), tmp_path)
     store = zarr.open_array(tmp_path / "acts" / "blocks.2.hook_resid_post.zarr", mode="r+")

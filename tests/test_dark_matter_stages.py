@@ -115,11 +115,11 @@ def test_analysis_params_rerun_only_their_stage(smoke_repo, section, key, value,
 
 
 def test_earlier_components_width_without_sae_names_the_key(smoke_repo, tmp_path):
-    params = params_with(smoke_repo, "earlier_components", "width", 999)
+    params = params_with(smoke_repo, "earlier_components", "widths", [999])
     args = ["--activations", "a", "--saes", "s", "--probes", "p", "--metrics", "m.json", "--figure", "f.png"]
     result = run_stage("earlier_components", args, tmp_path, params, check=False)
     assert result.returncode == 2
-    assert "earlier_components.width: 999 is not in sae.widths" in result.stderr
+    assert "earlier_components.widths[0]: 999 is not in sae.widths" in result.stderr
 
 
 def test_synthetic_bad_grid_names_the_key(smoke_repo, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.activation_store import open_store
-from pipeline.config import DataConfig, HarvestConfig, ModelConfig, TokensConfig
+from pipeline.config import DataConfig, HarvestConfig, LmConfig, ModelConfig, TokensConfig
 from pipeline.harvest import harvest, store_path
 from pipeline.models import load_model, load_tokenizer, materialise
 from pipeline.text import documents
@@ -82,8 +82,8 @@ def harvested(request, smoke_repo, jsonl_corpus, tmp_path_factory):
     ordered, n_train = split_train_first(contexts, tokens_cfg)
     tokens = write_token_store(work / "tokens.zarr", ordered, n_train, tokens_cfg, data_cfg, bos, model_cfg.name)
 
-    cfg = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], batch_size=5, chunk_rows=16, device="cpu")
-    harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, progress=False)
+    cfg = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], chunk_rows=16)
+    harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"), progress=False)
     stores = {name: open_store(store_path(work / "acts", name))[:] for name in cfg.hooks}
     return arch, load_model(work / "model"), tokens, stores
 

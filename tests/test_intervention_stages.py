@@ -40,7 +40,7 @@ def test_component_ce_matches_naive_splicing(smoke_repo):
     from pipeline.splice import splice_naive
     from pipeline.tokens import TokenStore
 
-    got = json.loads((smoke_repo / "metrics/component_ce.json").read_text())["blocks.2.hook_resid_post"]
+    got = json.loads((smoke_repo / "metrics/component_ce.json").read_text())[NAME]
     model = load_model(smoke_repo / "artifacts/model", "float32", "cpu")
     tokens = TokenStore.open(smoke_repo / "artifacts/tokens.zarr")
     sae = load_sae(smoke_repo / f"artifacts/saes/{NAME}")

@@ -63,10 +63,10 @@ def paper_run(smoke_repo, tmp_path_factory):
         *(f"sae.release.{site}={path}" for site, path in releases.items()), f"sae.widths=[{WIDTH}]",
         # sizes only: 24 contexts of 64 tokens instead of 300 of 1024
         "tokens.n_contexts=24", "tokens.context_length=64", "tokens.skip_positions=8", "harvest.chunk_rows=256",
-        "train_sae.tokens=8192", "synthetic.width=2048", "synthetic.train_rows=600", "synthetic.test_rows=200",
-        "earlier_components.width=2048", f"interventions.widths=[{WIDTH}]", "interventions.n_contexts=4",
+        "train_sae.tokens=8192", "synthetic.widths=[2048]", "synthetic.train_rows=600", "synthetic.test_rows=200",
+        "earlier_components.widths=[2048]", f"interventions.widths=[{WIDTH}]", "interventions.n_contexts=4",
         "interventions.single_position=40", "interventions.n_draws=2", "interventions.bootstrap=50",
-        "component_ce.width=2048", "component_ce.n_contexts=4", f"pursuit.widths=[{WIDTH}]", "pursuit.fit_rows=600",
+        "component_ce.widths=[2048]", "component_ce.n_contexts=4", f"pursuit.widths=[{WIDTH}]", "pursuit.fit_rows=600",
         f"error_saes.widths=[{WIDTH}]",
     ]
     run(["dvc", "exp", "run", *(arg for o in overrides for arg in ("-S", o))], repo)
