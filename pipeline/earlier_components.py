@@ -21,6 +21,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import open_store
+from pipeline.analysis_config import EarlierComponentsConfig
 from pipeline.config import Hook
 from pipeline.harvest import store_path
 from pipeline.lstsq import FitScore, NormalEquations
@@ -28,7 +29,6 @@ from pipeline.probes import reconstruct
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.saes import check_sae_fits, load_sae
-from pipeline.analysis_config import EarlierComponentsConfig
 
 KINDS = ("sae_output", "activation", "error")
 TARGETS = ("error", "linear_error", "nonlinear_error")

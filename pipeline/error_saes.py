@@ -18,10 +18,10 @@ import zarr
 from sae_lens import SAE
 
 from pipeline.activation_store import iter_row_blocks
+from pipeline.analysis_config import ErrorSaesConfig
 from pipeline.judge import top_examples
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import MetricAccumulator, SaeMetrics, encode_decode
-from pipeline.analysis_config import ErrorSaesConfig
 
 COMPONENTS = ("linear", "nonlinear", "total")
 

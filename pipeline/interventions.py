@@ -18,12 +18,12 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
+from pipeline.analysis_config import InterventionsConfig
 from pipeline.config import Hook
 from pipeline.replacements import INTERVENTIONS, ActivationStats, epsilon_random, replacement
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
-from pipeline.analysis_config import InterventionsConfig
 
 
 def activation_stats(acts: zarr.Array, block_rows: int = 4096) -> ActivationStats:

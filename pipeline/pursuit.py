@@ -21,10 +21,10 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
+from pipeline.analysis_config import PursuitConfig
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
-from pipeline.analysis_config import PursuitConfig
 
 
 @torch.no_grad()

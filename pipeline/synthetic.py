@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
+from pipeline.analysis_config import SyntheticConfig
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.sae_outputs import encode_decode
-from pipeline.analysis_config import SyntheticConfig
 
 
 @dataclass
