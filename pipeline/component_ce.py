@@ -18,7 +18,7 @@ from pipeline.config import Hook
 from pipeline.sae_outputs import encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
 
-SETTINGS = ("sae", "sae_plus_linear", "sae_plus_nonlinear")
+SETTINGS = ("sae", "sae_plus_linear_error", "sae_plus_nonlinear_error")
 
 
 @torch.no_grad()
@@ -49,7 +49,7 @@ def component_ce(
         keep = has_next[mask]
         _, clean = token_kl_and_ce(cache.clean_logprobs, cache.clean_logprobs, ids)
         ce["clean"].append(clean[mask][keep].cpu().numpy())
-        for name, rows in (("sae", x_hat), ("sae_plus_linear", x_hat + linear), ("sae_plus_nonlinear", x_hat + nonlinear)):
+        for name, rows in (("sae", x_hat), ("sae_plus_linear_error", x_hat + linear), ("sae_plus_nonlinear_error", x_hat + nonlinear)):
             full = cache.activation.clone()
             full[mask] = rows.to(full.dtype)
             _, token_ce = token_kl_and_ce(cache.clean_logprobs, cache.splice(full), ids)
@@ -70,11 +70,11 @@ def component_ce(
     return {
         "clean_ce": mean_ce["clean"],
         "sae_ce": mean_ce["sae"],
-        "ce_recovered_linear": 100 * (mean_ce["sae"] - mean_ce["sae_plus_linear"]) / gap,
-        "ce_recovered_nonlinear": 100 * (mean_ce["sae"] - mean_ce["sae_plus_nonlinear"]) / gap,
-        "variance_recovered_linear": 100 * (fvu["sae"] - fvu["sae_plus_linear"]) / fvu["sae"],
-        "variance_recovered_nonlinear": 100 * (fvu["sae"] - fvu["sae_plus_nonlinear"]) / fvu["sae"],
-        "error_norm_share_linear": 100 * sums["lin_norm"] / (sums["lin_norm"] + sums["nonlin_norm"]),
-        "error_norm_share_nonlinear": 100 * sums["nonlin_norm"] / (sums["lin_norm"] + sums["nonlin_norm"]),
+        "ce_recovered_linear_error": 100 * (mean_ce["sae"] - mean_ce["sae_plus_linear_error"]) / gap,
+        "ce_recovered_nonlinear_error": 100 * (mean_ce["sae"] - mean_ce["sae_plus_nonlinear_error"]) / gap,
+        "variance_recovered_linear_error": 100 * (fvu["sae"] - fvu["sae_plus_linear_error"]) / fvu["sae"],
+        "variance_recovered_nonlinear_error": 100 * (fvu["sae"] - fvu["sae_plus_nonlinear_error"]) / fvu["sae"],
+        "error_norm_share_linear_error": 100 * sums["lin_norm"] / (sums["lin_norm"] + sums["nonlin_norm"]),
+        "error_norm_share_nonlinear_error": 100 * sums["nonlin_norm"] / (sums["lin_norm"] + sums["nonlin_norm"]),
         "n_tokens": int(sums["n"]),
     }

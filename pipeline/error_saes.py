@@ -23,17 +23,18 @@ from pipeline.judge import top_examples
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import MetricAccumulator, SaeMetrics, encode_decode
 
-COMPONENTS = ("linear", "nonlinear", "total")
+COMPONENTS = ("linear_error", "nonlinear_error", "error")
+"""ê = xW + b, n = e − ê and e (docs/science.md, "Notation"): the targets of the three SAEs."""
 
 
 @torch.no_grad()
 def components(sae: SAE, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
-    """{linear: e_hat, nonlinear: n, total: e} for rows x, float32."""
+    """{linear_error: e_hat, nonlinear_error: n, error: e} for rows x, float32."""
     x = np.asarray(x, dtype=np.float32)
     _, x_hat = encode_decode(sae, torch.from_numpy(x).to(sae.device))
     err = x.astype(np.float64) - x_hat.double().cpu().numpy()
     linear = x.astype(np.float64) @ weight + bias
-    return {"linear": linear.astype(np.float32), "nonlinear": (err - linear).astype(np.float32), "total": err.astype(np.float32)}
+    return {"linear_error": linear.astype(np.float32), "nonlinear_error": (err - linear).astype(np.float32), "error": err.astype(np.float32)}
 
 
 def write_components(sae: SAE, acts: zarr.Array, weight: np.ndarray, bias: np.ndarray, out: Path, block_rows: int) -> zarr.Group:

@@ -265,9 +265,9 @@ def component_ce_section(inputs: ReportInputs) -> Section | None:
     m = inputs.json("component_ce.json")
     if not m:
         return None
-    rows = [[name, f"{r['ce_recovered_linear']:.0f} / {r['ce_recovered_nonlinear']:.0f}",
-             f"{r['variance_recovered_linear']:.0f} / {r['variance_recovered_nonlinear']:.0f}",
-             f"{r['error_norm_share_linear']:.0f} / {r['error_norm_share_nonlinear']:.0f}"] for name, r in sorted(m.items(), key=lambda kv: _hook_order(kv[0]))]
+    rows = [[name, f"{r['ce_recovered_linear_error']:.0f} / {r['ce_recovered_nonlinear_error']:.0f}",
+             f"{r['variance_recovered_linear_error']:.0f} / {r['variance_recovered_nonlinear_error']:.0f}",
+             f"{r['error_norm_share_linear_error']:.0f} / {r['error_norm_share_nonlinear_error']:.0f}"] for name, r in sorted(m.items(), key=lambda kv: _hook_order(kv[0]))]
     rows.append(["published", published_text("component_ce"), "", ""])
     return Section(
         "component-ce", "Dark matter: downstream loss of the error components",
@@ -301,7 +301,7 @@ def error_saes_section(inputs: ReportInputs) -> Section | None:
         return None
     rows = []
     for name, m in per_sae.items():
-        for component, target in (("linear", "ê"), ("nonlinear", "n"), ("total", "e")):
+        for component, target in (("linear_error", "ê"), ("nonlinear_error", "n"), ("error", "e")):
             r = m["by_component"][component]
             rows.append([name, target, fmt(r["fvu"]), fmt(r["l0"], 1), f"{100 * r['dead_fraction']:.1f}%",
                          fmt(r.get("judge_score")) if "judge_score" in r else "off"])

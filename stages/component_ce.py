@@ -40,14 +40,14 @@ def main() -> None:
                     probes["probe_weight"][:], probes["probe_bias"][:], tokens.contexts[test_contexts], tokens.mask[test_contexts],
                     cfg.batch_size,
                 )
-                print(f"component_ce {name}: CE recovered linear {r['ce_recovered_linear']:.1f}% / nonlinear {r['ce_recovered_nonlinear']:.1f}%; "
-                      f"variance {r['variance_recovered_linear']:.1f}% / {r['variance_recovered_nonlinear']:.1f}%; "
-                      f"error norm {r['error_norm_share_linear']:.1f}% / {r['error_norm_share_nonlinear']:.1f}%")
+                print(f"component_ce {name}: CE recovered linear {r['ce_recovered_linear_error']:.1f}% / nonlinear {r['ce_recovered_nonlinear_error']:.1f}%; "
+                      f"variance {r['variance_recovered_linear_error']:.1f}% / {r['variance_recovered_nonlinear_error']:.1f}%; "
+                      f"error norm {r['error_norm_share_linear_error']:.1f}% / {r['error_norm_share_nonlinear_error']:.1f}%")
         write_json(args.metrics, results)
         bars = {}
         for name, r in results.items():
-            for part in ("linear", "nonlinear"):
-                bars[f"{name} + {'ê' if part == 'linear' else 'n'}"] = {
+            for part in ("linear_error", "nonlinear_error"):
+                bars[f"{name} + {'ê' if part == 'linear_error' else 'n'}"] = {
                     "% CE recovered": r[f"ce_recovered_{part}"],
                     "% variance recovered": r[f"variance_recovered_{part}"],
                     "% of error norm": r[f"error_norm_share_{part}"],

@@ -1,5 +1,5 @@
 """DVC stage `error_saes` (one per SAE in error_saes.hooks x error_saes.widths, docs/science.md, "SAEs trained on the error components"): train SAEs
-of the same architecture, width and k on the linear, nonlinear and total error of an SAE, and
+of the same architecture, width and k on the linear error, nonlinear error and error of an SAE, and
 compare them on test tokens."""
 
 import csv
@@ -55,7 +55,7 @@ def main() -> None:
             tokens, tokenizer = TokenStore.open(args.tokens), load_tokenizer(args.model)
         results, curves = {}, {}
         for component in COMPONENTS:
-            metadata = {"hook_name": f"{args.hook}:{component}_error_of_{args.sae.name}"}
+            metadata = {"hook_name": f"{args.hook}:{component}_of_{args.sae.name}"}
             trained, curves[component] = train_sae(group[component], n_fit, sae.cfg.d_sae, sae_set, train, metadata)
             save_sae(trained, args.out / component)
             results[component] = asdict(score(trained, group[component], n_fit, cfg.block_rows))
@@ -72,7 +72,7 @@ def main() -> None:
                 writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(CurvePoint)])
                 writer.writeheader()
                 writer.writerows(asdict(p) for p in curve)
-        write_json(args.metrics, {f"error_sae_fvu_{c}": results[c]["fvu"] for c in COMPONENTS} | {"by_component": results})
+        write_json(args.metrics, {f"fvu_on_{c}": results[c]["fvu"] for c in COMPONENTS} | {"by_component": results})
         draw(curves, results, args.sae.name, args.figure)
 
 

@@ -28,9 +28,9 @@ def test_components_are_the_probe_decomposition_of_the_error(smoke_repo):
         e = x - load_sae(smoke_repo / f"artifacts/saes/{NAME}")(torch.from_numpy(x.astype(np.float32))).double().numpy()
     probes = zarr.open_group(smoke_repo / f"artifacts/probes/{NAME}.zarr", mode="r")
     linear = x @ probes["probe_weight"][:] + probes["probe_bias"][:]
-    np.testing.assert_allclose(group["total"][:], e, atol=1e-4)
-    np.testing.assert_allclose(group["linear"][:], linear, atol=1e-3)
-    np.testing.assert_allclose(group["linear"][:] + group["nonlinear"][:], group["total"][:], atol=1e-4)
+    np.testing.assert_allclose(group["error"][:], e, atol=1e-4)
+    np.testing.assert_allclose(group["linear_error"][:], linear, atol=1e-3)
+    np.testing.assert_allclose(group["linear_error"][:] + group["nonlinear_error"][:], group["error"][:], atol=1e-4)
 
 
 def test_each_sae_reconstructs_its_own_component_best(smoke_repo):
@@ -38,12 +38,12 @@ def test_each_sae_reconstructs_its_own_component_best(smoke_repo):
     group = zarr.open_group(smoke_repo / f"artifacts/error_saes/{NAME}/components.zarr", mode="r")
     n_fit = int(group.attrs["n_fit_rows"])
     metrics = json.loads((smoke_repo / f"metrics/error_saes/{NAME}.json").read_text())
-    for component in ("linear", "nonlinear"):
+    for component in ("linear_error", "nonlinear_error"):
         sae = load_sae(smoke_repo / f"artifacts/error_saes/{NAME}/{component}")
         own = score(sae, group[component], n_fit, 512).fvu
-        other = score(sae, group["nonlinear" if component == "linear" else "linear"], n_fit, 512).fvu
+        other = score(sae, group["nonlinear_error" if component == "linear_error" else "linear_error"], n_fit, 512).fvu
         assert own < other, component
-        assert metrics[f"error_sae_fvu_{component}"] == pytest.approx(own, rel=1e-6)
-    assert set(metrics) >= {f"error_sae_fvu_{c}" for c in COMPONENTS}
+        assert metrics[f"fvu_on_{component}"] == pytest.approx(own, rel=1e-6)
+    assert set(metrics) >= {f"fvu_on_{c}" for c in COMPONENTS}
     for component in COMPONENTS:
         assert metrics["by_component"][component]["l0"] == pytest.approx(16.0)  # same k as the SAE

@@ -69,9 +69,9 @@ def test_component_ce_matches_naive_splicing(smoke_repo):
         clean_ce = (-torch.log_softmax(clean[:, :-1].double(), -1).gather(-1, ids[:, 1:, None])[..., 0])[mask[:, :-1]].mean().item()
         sae_ce, lin_ce, non_ce = mean_ce(x_hat), mean_ce(x_hat + linear), mean_ce(x_hat + nonlinear)
     assert got["clean_ce"] == pytest.approx(clean_ce, rel=1e-4)
-    assert got["ce_recovered_linear"] == pytest.approx(100 * (sae_ce - lin_ce) / (sae_ce - clean_ce), abs=0.05)
-    assert got["ce_recovered_nonlinear"] == pytest.approx(100 * (sae_ce - non_ce) / (sae_ce - clean_ce), abs=0.05)
-    assert got["error_norm_share_linear"] + got["error_norm_share_nonlinear"] == pytest.approx(100)
+    assert got["ce_recovered_linear_error"] == pytest.approx(100 * (sae_ce - lin_ce) / (sae_ce - clean_ce), abs=0.05)
+    assert got["ce_recovered_nonlinear_error"] == pytest.approx(100 * (sae_ce - non_ce) / (sae_ce - clean_ce), abs=0.05)
+    assert got["error_norm_share_linear_error"] + got["error_norm_share_nonlinear_error"] == pytest.approx(100)
 
 
 def test_n_draws_reruns_only_the_intervention_stages(smoke_repo):

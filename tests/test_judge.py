@@ -56,5 +56,5 @@ def test_error_saes_stage_records_the_judge_score(smoke_repo, tmp_path):
             "--out", str(tmp_path / "out"), "--metrics", "m.json", "--curves", "curves", "--figure", "f.png"]
     run_stage("error_saes", args, tmp_path, params)
     metrics = json.loads((tmp_path / "m.json").read_text())
-    for component in ("linear", "nonlinear", "total"):
+    for component in ("linear_error", "nonlinear_error", "error"):
         assert 0 < metrics["by_component"][component]["judge_score"] <= 1
