@@ -161,7 +161,7 @@ class InterventionsConfig:
     batch_size: int = 4
     """Contexts per forward pass (each context runs once per intervention and draw)."""
     n_draws: int = 8
-    """epsilon_random draws per token for the z-scores (0: no z-scores)."""
+    """epsilon_random draws per token for the z-scores (0: no z-scores; 1 is refused: one draw has no spread)."""
     single_position: Optional[int] = 64
     """Position p of the single-position mode (null: off)."""
     window: int = 16
@@ -174,6 +174,8 @@ class InterventionsConfig:
     def __post_init__(self) -> None:
         if self.n_contexts < 1 or self.batch_size < 1 or self.n_draws < 0 or self.bootstrap < 1:
             raise ConfigError("interventions.n_contexts / batch_size / bootstrap must be >= 1 and n_draws >= 0")
+        if self.n_draws == 1:
+            raise ConfigError("interventions.n_draws: 1 draw gives no spread for a z-score; use 0 (no z-scores) or >= 2")
 
     def check_positions(self, context_length: int, skip: int) -> None:
         """The single position must be a scored position that has a next token."""

@@ -113,13 +113,29 @@ def run_interventions(
 
 
 def bootstrap_mean_ci(values: np.ndarray, resamples: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
+    """The `level` percentile interval of the mean of the finite `values`, from `resamples`
+    resamples of them with replacement (drawn from `rng`)."""
     values = values[np.isfinite(values)]
+    if len(values) == 0:
+        raise ValueError("bootstrap_mean_ci: no finite values to resample")
     means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(resamples)])
     return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
 
 
 def summarise(results: TokenResults, cfg: InterventionsConfig) -> dict:
-    """The metrics JSON of one SAE."""
+    """The metrics JSON of one SAE.
+
+    Documented edge values: a ratio whose denominator is 0 (e.g. an epsilon_random KL of 0,
+    which a perfect SAE gives) is inf, or NaN when the numerator is 0 too; the z-score keys are
+    present only with `n_draws` >= 2 (the config refuses 1). Every per-token KL must be finite:
+    a NaN or inf (an overflowing forward pass) raises, naming the intervention."""
+    for name, kl in results.kl.items():
+        bad = int((~np.isfinite(kl)).sum())
+        if bad:
+            raise ValueError(f"interventions: {bad} of {len(kl)} per-token KL values of {name!r} are not finite; "
+                             "the spliced forward pass overflowed (try lm.compute_dtype=float32)")
+    if not np.isfinite(results.clean_ce).any():
+        raise ValueError("interventions: no scored token has a next token (every clean CE is NaN)")
     rng = np.random.default_rng(cfg.seed)
     has_next = np.isfinite(results.clean_ce)
     clean_ce = float(results.clean_ce[has_next].mean())
