@@ -41,6 +41,10 @@ class NormalEquations:
         yc = np.array(y, dtype=np.float64)
         if yc.ndim == 1:
             yc = yc[:, None]
+        if not (np.isfinite(xc).all() and np.isfinite(yc).all()):
+            bad = int((~np.isfinite(xc).all(1) | ~np.isfinite(yc).all(1)).sum())
+            raise ValueError(f"least squares: {bad} of {len(xc)} rows of this block (after {self.n} rows) hold NaN or inf; "
+                             "a fit needs finite inputs and targets (check the store the rows came from)")
         if self.shift_x is None:
             self.shift_x = xc.mean(0) if self.bias else np.zeros(xc.shape[1])
             self.shift_y = yc.mean(0) if self.bias else np.zeros(yc.shape[1])
@@ -104,11 +108,18 @@ class FitScore:
 
     @property
     def sst(self) -> np.ndarray:
+        if self.n == 0:
+            raise ValueError("R^2: no rows were scored (an empty split)")
         return self.syy - self.sy**2 / self.n
 
     @property
     def fvu(self) -> float:
-        return float(self.sse.sum() / self.sst.sum())
+        """Σ sse / Σ sst. A target with no variance at all has FVU 0 if predicted exactly, else 1
+        (sklearn's `r2_score` convention, force_finite)."""
+        sst = self.sst.sum()
+        if sst <= 0:
+            return 0.0 if self.sse.sum() == 0 else 1.0
+        return float(self.sse.sum() / sst)
 
     @property
     def r2(self) -> float:
@@ -117,5 +128,10 @@ class FitScore:
 
     @property
     def r2_dims(self) -> float:
-        """Unweighted mean over output dimensions of per-dimension R^2 (what the paper's code reports)."""
-        return float(np.mean(1.0 - self.sse / self.sst))
+        """Unweighted mean over output dimensions of per-dimension R^2 (what the paper's code
+        reports). A dimension with no variance scores 1 if predicted exactly, else 0 (sklearn's
+        `r2_score` convention, force_finite)."""
+        sst = self.sst
+        constant = sst <= 0
+        per_dim = np.where(constant, np.where(self.sse == 0, 1.0, 0.0), 1.0 - self.sse / np.where(constant, 1.0, sst))
+        return float(np.mean(per_dim))

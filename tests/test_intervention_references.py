@@ -222,7 +222,7 @@ def test_summarise_ratio_scores_and_single_position_against_closed_forms():
 
     r = hand_built()
     m = summarise(r, cfg())
-    kl_sub, kl_eps, has_next = r.kl["substitution"], r.kl["epsilon_random"], np.isfinite(r.clean_ce)
+    kl_sub, has_next = r.kl["substitution"], np.isfinite(r.clean_ce)
     assert m["kl_ratio_substitution_vs_epsilon_random"] == pytest.approx(3.0)
     assert m["kl_ratio_ci_low"] == pytest.approx(3.0) and m["kl_ratio_ci_high"] == pytest.approx(3.0)
     assert m["kl_ratio_substitution_vs_cov_random"] == pytest.approx(kl_sub.mean() / r.kl["cov_random"].mean())

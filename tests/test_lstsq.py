@@ -122,3 +122,34 @@ def test_column_subset_equals_a_fit_on_those_columns_alone(bias):
     subset, direct = full.solve(columns=columns), alone.solve()
     np.testing.assert_allclose(subset.W, direct.W, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(subset.b, direct.b, rtol=1e-8, atol=1e-10)
+
+
+def test_zero_variance_targets_follow_sklearns_convention():
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(9)
+    y = rng.normal(size=(300, 4))
+    y[:, 1] = 2.5  # a target dimension with no variance
+    for y_hat in (y + 0.3 * rng.normal(size=y.shape), np.where(np.arange(4) == 1, 2.5, y + 0.3 * rng.normal(size=y.shape))):
+        score = FitScore()
+        for block in range(0, 300, 128):
+            score.update(y[block : block + 128], y_hat[block : block + 128])
+        assert score.r2_dims == pytest.approx(r2_score(y, y_hat, multioutput="uniform_average"), abs=1e-12)
+        # 1 - FVU keeps the constant dimension's error (sklearn's variance weighting drops it)
+        assert score.r2 == pytest.approx(1 - ((y - y_hat) ** 2).sum() / ((y - y.mean(0)) ** 2).sum(), abs=1e-12)
+    constant = FitScore()
+    constant.update(np.full((10, 2), 3.0), np.full((10, 2), 3.0))
+    assert constant.r2 == r2_score(np.full((10, 2), 3.0), np.full((10, 2), 3.0), multioutput="variance_weighted") == 1.0
+    constant.update(np.full((10, 2), 3.0), np.full((10, 2), 2.0))
+    assert constant.r2 == 0.0 and constant.r2_dims == 0.0
+
+
+def test_nan_rows_and_empty_splits_fail_with_a_clear_error():
+    x, y = np.ones((5, 3)), np.ones((5, 2))
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match="1 of 5 rows of this block .* hold NaN or inf"):
+        NormalEquations().update(x, y)
+    with pytest.raises(ValueError, match="no rows were accumulated"):
+        NormalEquations().solve()
+    with pytest.raises(ValueError, match="no rows were scored"):
+        FitScore().r2
