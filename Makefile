@@ -34,8 +34,9 @@ browser:
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
 	else echo "browser: no apt-get; install Chromium and chromedriver, or the report's browser test is skipped"; fi
 
+# The full suite (every tier). Day to day, `.venv/bin/pytest` runs the fast tier only (no DAG).
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "" --durations=25
 
 bench: install
 	$(BIN)/python benchmarks/harvest_throughput.py

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from pipeline.published import published_text
+from pipeline.sae_config import sae_name
 
 @dataclass
 class Table:
@@ -46,10 +47,13 @@ class ReportInputs:
         path = self.metrics / relative
         return json.loads(path.read_text()) if path.exists() else None
 
-    def json_dir(self, relative: str) -> dict[str, dict]:
-        folder = self.metrics / relative
-        found = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
-        return by_sae_order(found)
+    def json_dir(self, relative: str, section: str) -> dict[str, dict]:
+        """The per-SAE metrics files under `relative` of exactly the SAEs that `section` names in
+        this run's params (`hooks` x `widths`), never a glob: a folder may also hold another
+        run's files (e.g. the committed default run's, beside a smoke experiment's)."""
+        names = [sae_name(h, w) for h in self.param(f"{section}.hooks") or [] for w in self.param(f"{section}.widths") or []]
+        paths = {name: self.metrics / relative / f"{name}.json" for name in names}
+        return by_sae_order({name: json.loads(p.read_text()) for name, p in paths.items() if p.exists()})
 
     def figure_files(self, pattern: str) -> list[Path]:
         return sorted(self.figures.glob(pattern), key=lambda p: _hook_order(p.stem))
@@ -107,7 +111,7 @@ def setup_section(inputs: ReportInputs) -> Section:
          f"first {p('tokens.skip_positions')} positions not scored; test share {p('tokens.test_fraction')}, "
          f"SAE-only share of the rest {p('tokens.sae_fraction')}"],
         ["scored tokens", fmt(harvest.get("rows")), "rows of every activation store"],
-        ["harvested sites", ", ".join(p("harvest.hooks") or []), f"compute {p('harvest.compute_dtype')}, store {p('harvest.store_dtype')}"],
+        ["harvested sites", ", ".join(p("harvest.hooks") or []), f"compute {p('lm.compute_dtype')}, store {p('harvest.store_dtype')}"],
         ["seeds", f"tokens {p('tokens.seed')}, SAE training {p('train_sae.seed')}, interventions {p('interventions.seed')}", ""],
     ]
     return Section(
@@ -162,7 +166,7 @@ def _sae_figure(grouped: dict[str, list[tuple[int, dict]]], curves: Path, path: 
 
 
 def linear_error_section(inputs: ReportInputs) -> Section | None:
-    probes = inputs.json_dir("probes")
+    probes = inputs.json_dir("probes", "sae")
     if not probes:
         return None
     rows = []
@@ -241,7 +245,7 @@ def earlier_components_section(inputs: ReportInputs) -> Section | None:
 
 
 def pathological_section(inputs: ReportInputs) -> Section | None:
-    per_sae = inputs.json_dir("interventions")
+    per_sae = inputs.json_dir("interventions", "interventions")
     if not per_sae:
         return None
     rows = []
@@ -280,7 +284,7 @@ def component_ce_section(inputs: ReportInputs) -> Section | None:
 
 
 def pursuit_section(inputs: ReportInputs) -> Section | None:
-    per_sae = inputs.json_dir("pursuit")
+    per_sae = inputs.json_dir("pursuit", "pursuit")
     if not per_sae:
         return None
     rows = [[name, span(m["encoder_fvu"], m["pursuit_fvu"]), span(m["encoder_nonlinear_fvu"], m["pursuit_nonlinear_fvu"]),
@@ -296,7 +300,7 @@ def pursuit_section(inputs: ReportInputs) -> Section | None:
 
 
 def error_saes_section(inputs: ReportInputs) -> Section | None:
-    per_sae = inputs.json_dir("error_saes")
+    per_sae = inputs.json_dir("error_saes", "error_saes")
     if not per_sae:
         return None
     rows = []

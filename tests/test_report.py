@@ -117,3 +117,12 @@ def test_a_failed_rebuild_leaves_the_previous_report_whole(tmp_path):
     with pytest.raises(json.JSONDecodeError):
         write_report(metrics, figures, params, tmp_path / "reports")
     assert index.read_text() == before and "0.250" in before
+
+
+def test_the_report_shows_this_run_only(smoke_repo):
+    """The smoke run's copy also holds the committed default run's per-SAE metrics (layer 15
+    and the like): the report names only the SAEs of this run's params."""
+    committed = [p for p in (smoke_repo / "metrics" / "interventions").glob("*.json") if "blocks.15." in p.name]
+    assert committed, "the copy no longer holds another run's metrics; this test needs them"
+    page = (smoke_repo / "reports" / "index.html").read_text()
+    assert "blocks.15." not in page and "blocks.2.hook_resid_post-512" in page
