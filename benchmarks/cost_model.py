@@ -119,7 +119,7 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
     d_of = {h.name: (shape.heads * shape.head_dim if h.site == "attn_z" else shape.d) for h in hooks}
     deepest = max(h.layer for h in hooks) + 1
     model_bytes = shape.params() * 4
-    batch_bytes = harvest.batch_size * context * shape.d * 4 * 8  # activations alive in one forward pass
+    batch_bytes = params.lm.batch_size * context * shape.d * 4 * 8  # activations alive in one forward pass
     saes = [(h, w) for h in sae.hooks for w in sae.widths]
     l0 = sae.k if sae.source == "train" else pretrained_l0
 
