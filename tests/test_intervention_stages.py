@@ -71,7 +71,14 @@ def test_component_ce_matches_naive_splicing(smoke_repo):
     assert got["clean_ce"] == pytest.approx(clean_ce, rel=1e-4)
     assert got["ce_recovered_linear_error"] == pytest.approx(100 * (sae_ce - lin_ce) / (sae_ce - clean_ce), abs=0.05)
     assert got["ce_recovered_nonlinear_error"] == pytest.approx(100 * (sae_ce - non_ce) / (sae_ce - clean_ce), abs=0.05)
-    assert got["error_norm_share_linear_error"] + got["error_norm_share_nonlinear_error"] == pytest.approx(100)
+    lin_norm, non_norm = linear.double().norm(dim=-1).sum().item(), nonlinear.double().norm(dim=-1).sum().item()
+    assert got["error_norm_share_linear_error"] == pytest.approx(100 * lin_norm / (lin_norm + non_norm), abs=0.01)
+    x64 = x.double()
+    total = ((x64 - x64.mean(0)) ** 2).sum().item()
+    fvu_sae = ((x64 - x_hat.double()) ** 2).sum().item() / total
+    for component, rows in (("linear_error", x_hat + linear), ("nonlinear_error", x_hat + nonlinear)):
+        fvu_with = ((x64 - rows.double()) ** 2).sum().item() / total
+        assert got[f"variance_recovered_{component}"] == pytest.approx(100 * (fvu_sae - fvu_with) / fvu_sae, abs=0.05)
 
 
 def test_n_draws_reruns_only_the_intervention_stages(smoke_repo):

@@ -56,5 +56,29 @@ def test_error_saes_stage_records_the_judge_score(smoke_repo, tmp_path):
             "--out", str(tmp_path / "out"), "--metrics", "m.json", "--curves", "curves", "--figure", "f.png"]
     run_stage("error_saes", args, tmp_path, params)
     metrics = json.loads((tmp_path / "m.json").read_text())
+    # Recomputed here from the saved error SAEs with sae-lens, the token store and the tokenizer:
+    # the most often active latents on the first judge_rows test rows of each component, their
+    # top rows' tokens, and the stub's score (the share of the most common token) averaged.
+    import torch
+    import zarr
+    from sae_lens import SAE
+    from transformers import AutoTokenizer
+
+    cfg = params["error_saes"]
+    group = zarr.open_group(tmp_path / "out" / "components.zarr", mode="r")
+    n_fit, first_store_row = int(group.attrs["n_fit_rows"]), int(group.attrs["first_store_row"])
+    row_tokens = zarr.open_group(smoke_repo / "artifacts/tokens.zarr", mode="r")["rows/token"][:]
+    tokenizer = AutoTokenizer.from_pretrained(smoke_repo / "artifacts/model")
     for component in ("linear_error", "nonlinear_error", "error"):
-        assert 0 < metrics["by_component"][component]["judge_score"] <= 1
+        sae = SAE.load_from_disk(str(tmp_path / "out" / component))
+        rows = group[component][n_fit : n_fit + cfg["judge_rows"]]
+        with torch.no_grad():
+            acts = sae.encode(torch.from_numpy(np.asarray(rows, dtype=np.float32))).numpy()
+        latents = np.argsort(-(acts > 0).sum(0), kind="stable")[: cfg["judge_latents"]]
+        scores = []
+        for latent in latents:
+            top = np.argsort(-acts[:, latent], kind="stable")[: cfg["judge_examples"]]
+            top = top[acts[top, latent] > 0]
+            marked = [tokenizer.decode([int(row_tokens[first_store_row + n_fit + row])]) + ">>" for row in top]
+            scores.append(Counter(marked).most_common(1)[0][1] / len(marked) if marked else 0.0)
+        assert metrics["by_component"][component]["judge_score"] == pytest.approx(np.mean(scores), abs=1e-9), component

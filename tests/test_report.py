@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.report import fmt, write_report
+from pipeline.report import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -51,14 +51,17 @@ def rendered(smoke_repo):
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
         text = driver.execute_script("return document.body.innerText;")
         sections = driver.execute_script("return Array.from(document.querySelectorAll('section')).map(s => s.id);")
+        tables = dict(driver.execute_script(
+            "return Array.from(document.querySelectorAll('section')).map(s => [s.id,"
+            " Array.from(s.querySelectorAll('table tbody tr')).map(tr => Array.from(tr.cells).map(c => c.innerText))]);"))
     finally:
         driver.quit()
-    return images, text, sections
+    return images, text, sections, tables
 
 
 @pytest.mark.slow
 def test_every_image_in_the_report_loads(rendered, smoke_repo):
-    images, _, _ = rendered
+    images, _, _, _ = rendered
     figures = list((smoke_repo / "figures").rglob("*.png"))
     assert len(images) == len(figures) + 1  # every figure, plus the report's own SAE figure
     broken = [src for src, complete, width in images if not (complete and width > 0)]
@@ -67,24 +70,82 @@ def test_every_image_in_the_report_loads(rendered, smoke_repo):
 
 @pytest.mark.slow
 def test_no_number_in_the_report_is_nan(rendered):
-    _, text, _ = rendered
+    _, text, _, _ = rendered
     assert not re.search(r"\bnan\b|\binf\b", text, flags=re.IGNORECASE), re.findall(r".{40}\bnan\b.{10}", text, flags=re.I)
 
 
+def numbers(cell: str) -> list[float]:
+    return [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", cell)]
+
+
+def close(cell: str, *values: float, tol: float) -> bool:
+    """The cell's numbers are `values` as the report rounds them (a span "a → b" whose ends
+    round alike is shown as one number)."""
+    got = numbers(cell)
+    expected = list(values) if len(got) == len(values) else [values[0]]
+    return len(got) == len(expected) and all(abs(g - v) <= tol for g, v in zip(got, expected))
+
+
+def load(smoke_repo: Path, relative: str) -> dict:
+    return json.loads((smoke_repo / "metrics" / relative).read_text())
+
+
 @pytest.mark.slow
-def test_report_shows_every_experiment_with_the_metrics_numbers(rendered, smoke_repo):
-    _, text, sections = rendered
+def test_report_shows_every_experiment_in_order(rendered, smoke_repo):
+    _, text, sections, _ = rendered
     assert sections == ["setup", "saes", "linear-error", "scaling", "synthetic", "earlier-components",
                         "component-ce", "pursuit", "error-saes", "pathological"]
-    summary = json.loads((smoke_repo / "metrics" / "sae_summary.json").read_text())["saes"]
-    for name, m in summary.items():
-        assert fmt(m["fvu"]) in text, f"{name}: FVU {m['fvu']} missing from the report"
-    for name in os.listdir(smoke_repo / "metrics" / "interventions"):
-        m = json.loads((smoke_repo / "metrics" / "interventions" / name).read_text())
-        assert fmt(m["kl_ratio_substitution_vs_epsilon_random"], 2) in text
     params = OmegaConf.load(smoke_repo / "params.yaml")
     assert f"{params.tokens.n_contexts} x {params.tokens.context_length} tokens" in text
     assert "2 - 4.5 (GPT-2 small)" in text  # a published value beside ours
+
+
+@pytest.mark.slow
+def test_each_table_cell_is_its_own_metric(rendered, smoke_repo):
+    """Every number of the key tables, matched by row and column to the metrics file it comes from."""
+    _, _, _, tables = rendered
+    params = OmegaConf.load(smoke_repo / "params.yaml")
+    widths = sorted(params.sae.widths)
+    summary = load(smoke_repo, "sae_summary.json")["saes"]
+    sae_rows = {row[0]: row for row in tables["saes"]}
+    assert set(sae_rows) == set(params.sae.hooks)
+    for hook, row in sae_rows.items():
+        for column, width in enumerate(widths, start=1):
+            assert close(row[column], summary[f"{hook}-{width}"]["fvu"], tol=5e-4), (hook, width, row)
+
+    linear_rows = {row[0]: row for row in tables["linear-error"] if row[0] != "published"}
+    assert set(linear_rows) == set(params.sae.hooks)
+    for hook, row in linear_rows.items():
+        small, large = load(smoke_repo, f"probes/{hook}-{widths[0]}.json"), load(smoke_repo, f"probes/{hook}-{widths[-1]}.json")
+        assert close(row[1], widths[0], widths[-1], tol=0)
+        for column, key in ((2, "error_vector_r2"), (3, "error_norm_r2"), (5, "sae_fvu"), (6, "nonlinear_fvu")):
+            assert close(row[column], small[key], large[key], tol=5e-4), (hook, key, row)
+
+    inter_rows = {row[0]: row for row in tables["pathological"]}
+    assert set(inter_rows) == {f"{h}-{w}" for h in params.interventions.hooks for w in params.interventions.widths}
+    for name, row in inter_rows.items():
+        m = load(smoke_repo, f"interventions/{name}.json")
+        assert close(row[1], m["interventions"]["substitution"]["kl"], tol=5e-4)
+        assert close(row[2], m["interventions"]["epsilon_random"]["kl"], tol=5e-4)
+        assert close(row[3], m["kl_ratio_substitution_vs_epsilon_random"], m["kl_ratio_ci_low"], m["kl_ratio_ci_high"], tol=5e-3)
+        assert close(row[5], m["ce_score"], tol=5e-4)
+
+    component_ce = load(smoke_repo, "component_ce.json")
+    ce_rows = {row[0]: row for row in tables["component-ce"] if row[0] != "published"}
+    assert set(ce_rows) == set(component_ce)
+    for name, row in ce_rows.items():
+        r = component_ce[name]
+        assert close(row[1], r["ce_recovered_linear_error"], r["ce_recovered_nonlinear_error"], tol=0.5), row
+
+    pursuit_rows = {row[0]: row for row in tables["pursuit"] if row[0] != "published"}
+    for name, row in pursuit_rows.items():
+        m = load(smoke_repo, f"pursuit/{name}.json")
+        assert close(row[1], m["encoder_fvu"], m["pursuit_fvu"], tol=5e-4), row
+
+    error_rows = [row for row in tables["error-saes"] if row[0] != "published"]
+    for row in error_rows:
+        component = {"ê": "linear_error", "n": "nonlinear_error", "e": "error"}[row[1]]
+        assert close(row[2], load(smoke_repo, f"error_saes/{row[0]}.json")["by_component"][component]["fvu"], tol=5e-4), row
 
 
 def _minimal_metrics(root: Path, fvu: float) -> tuple[Path, Path]:
