@@ -84,9 +84,25 @@ def test_paper_composition_ran_on_the_standins(paper_run):
     assert checkpoint["model_type"] == "gemma2" and checkpoint["n_layers"] == 20
     summary = json.loads((repo / "metrics" / "sae_summary.json").read_text())["saes"]
     assert sorted(summary) == sorted(f"{h}-{WIDTH}" for h in hooks)
-    # Untrained stand-in SAEs reconstruct badly but measurably: finite metrics for every one.
+    # Every SAE's test FVU and L0 recomputed with numpy from its release files and the test rows.
+    import numpy as np
+    import zarr
+    from sae_lens import SAE
+
+    from pipeline.row_split import RowSplit
+
     for name, m in summary.items():
-        assert m["fvu"] == m["fvu"] and m["fvu"] > 0, name
+        hook = name.rsplit("-", 1)[0]
+        acts = zarr.open_array(repo / "artifacts" / "activations" / f"{hook}.zarr", mode="r")
+        x = np.asarray(acts[RowSplit.of(acts).test_rows], dtype=np.float32)
+        sae = SAE.load_from_disk(repo / "artifacts" / "saes" / name)
+        with torch.no_grad():
+            latents = sae.encode(torch.from_numpy(x))
+            x_hat = sae.decode(latents).double().numpy()
+        x64 = x.astype(np.float64)
+        expected_fvu = ((x64 - x_hat) ** 2).sum() / ((x64 - x64.mean(0)) ** 2).sum()
+        assert m["fvu"] == pytest.approx(expected_fvu, rel=1e-4), name
+        assert m["l0"] == pytest.approx(float((latents != 0).sum(-1).double().mean()), rel=1e-6), name
 
 
 def test_pretrained_saes_are_the_release_files(paper_run):
@@ -94,11 +110,15 @@ def test_pretrained_saes_are_the_release_files(paper_run):
     from sae_lens import SAE
 
     repo, hooks = paper_run
-    hook = Hook.parse(hooks[0], "sae.hooks")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    release = Path(params["sae"]["release"][hook.site]) / f"layer_{hook.layer}" / "width_2k" / "canonical"
-    used = SAE.load_from_disk(repo / "artifacts" / "saes" / f"{hooks[0]}-{WIDTH}")
-    assert torch.equal(used.W_dec, SAE.load_from_disk(release).W_dec)
+    for name in hooks:
+        hook = Hook.parse(name, "sae.hooks")
+        release = Path(params["sae"]["release"][hook.site]) / f"layer_{hook.layer}" / "width_2k" / "canonical"
+        used = SAE.load_from_disk(repo / "artifacts" / "saes" / f"{name}-{WIDTH}").state_dict()
+        original = SAE.load_from_disk(release).state_dict()
+        assert set(used) == set(original) and "threshold" in used, sorted(used)  # JumpReLU's threshold included
+        for key, tensor in original.items():
+            assert torch.equal(used[key], tensor), (name, key)
 
 
 def test_every_analysis_and_the_report_exist(paper_run):
@@ -110,3 +130,7 @@ def test_every_analysis_and_the_report_exist(paper_run):
         assert (repo / path).exists(), path
     page = (repo / "reports" / "index.html").read_text()
     assert "gemma2_2b" in page and "blocks.19.hook_resid_post" in page
+    # Two stages compute the encoder's test FVU independently: sae_outputs and pursuit.
+    name = f"blocks.12.hook_resid_post-{WIDTH}"
+    sae_fvu = json.loads((repo / "metrics" / "sae" / f"{name}.json").read_text())["fvu"]
+    assert json.loads((repo / "metrics" / "pursuit" / f"{name}.json").read_text())["encoder_fvu"] == pytest.approx(sae_fvu, rel=1e-4)
