@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,11 @@ BIN = Path(sys.executable).parent
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """Every test that needs the smoke run (directly or through another fixture) is in the full
-    tier, marked slow, so that the default `pytest` builds no DAG."""
+    """Every test that needs the smoke run or its model (directly or through another fixture) is
+    in the full tier, marked slow, so that the default `pytest` builds no DAG."""
     for item in items:
-        if "smoke_repo" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow"):
+        uses_a_run = {"smoke_repo", "lm_repo"} & set(getattr(item, "fixturenames", ()))
+        if uses_a_run and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
 
 
@@ -102,12 +104,49 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+@dataclass(frozen=True)
+class Launcher:
+    """A `launcher` prefix that records each stage command it runs (the stand-in for `srun ...`)."""
+
+    script: Path
+    calls: Path
+
+    def recorded(self) -> list[tuple[str, str]]:
+        """(working directory, command) of every stage launched so far."""
+        if not self.calls.exists():
+            return []
+        return [tuple(line.split("\t", 1)) for line in self.calls.read_text().splitlines()]
+
+
 @pytest.fixture(scope="session")
-def smoke_repo(tmp_path_factory) -> Path:
-    """A git copy of the repo after `dvc exp run -S scale=smoke` (the whole DAG, real model)."""
+def launcher(tmp_path_factory) -> Launcher:
+    scratch = tmp_path_factory.mktemp("launcher")
+    calls, script = scratch / "calls.tsv", scratch / "record-and-run.sh"
+    script.write_text(f'#!/usr/bin/env bash\nprintf "%s\\t%s\\n" "$PWD" "$*" >> {calls}\nexec "$@"\n')
+    script.chmod(0o755)
+    return Launcher(script, calls)
+
+
+def smoke_overrides(launcher: Launcher) -> list[str]:
+    """The smoke run's `dvc exp run` overrides. Every stage goes through the recording launcher, so
+    that a sweep with the same overrides reuses the smoke run's cached stages."""
+    return ["-S", "scale=smoke", "-S", f"launcher={launcher.script}"]
+
+
+@pytest.fixture(scope="session")
+def lm_repo(tmp_path_factory, launcher) -> Path:
+    """A git copy of the repo with only the smoke run's model and tokens (two stages, about 30 s)."""
     repo = copy_repo(tmp_path_factory.mktemp("smoke_repo"))
-    run(["dvc", "exp", "run", "-S", "scale=smoke"], repo)
+    run(["dvc", "exp", "run", *smoke_overrides(launcher), "tokens"], repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(lm_repo, launcher) -> Path:
+    """The same copy after the whole DAG at the smoke scale (`dvc exp run -S scale=smoke`, real
+    model); model and tokens are those of `lm_repo`, not rebuilt."""
+    run(["dvc", "exp", "run", *smoke_overrides(launcher)], lm_repo)
+    return lm_repo
 
 
 @pytest.fixture(scope="session")

@@ -41,10 +41,10 @@ def test_empty_hook_list():
 
 
 @pytest.mark.slow
-def test_layer_out_of_range_names_key_and_range(smoke_repo):
+def test_layer_out_of_range_names_key_and_range(lm_repo):
     cfg = HarvestConfig(hooks=["blocks.3.hook_resid_post", "blocks.30.hook_mlp_out"])
     with pytest.raises(ConfigError, match=r"harvest\.hooks\[1\]: layer 30 .* 30 layers \(0\.\.29\)"):
-        validate(cfg, smoke_repo / "artifacts/model")
+        validate(cfg, lm_repo / "artifacts/model")
 
 
 def test_wrong_type_and_unknown_key_name_the_key():
@@ -84,9 +84,9 @@ def test_missing_text_column_names_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_context_longer_than_model_fails_in_tokens_stage(smoke_repo, tmp_path):
-    params = params_with(smoke_repo, "tokens", "context_length", 9000)
-    args = ["--model", str(smoke_repo / "artifacts/model"), "--out", str(tmp_path / "t.zarr")]
+def test_context_longer_than_model_fails_in_tokens_stage(lm_repo, tmp_path):
+    params = params_with(lm_repo, "tokens", "context_length", 9000)
+    args = ["--model", str(lm_repo / "artifacts/model"), "--out", str(tmp_path / "t.zarr")]
     result = run_stage("tokens", args, tmp_path, params, check=False)
     assert result.returncode == 2, result.stderr
     assert "tokens.context_length: 9000 is longer than the model's maximum of 8192 positions" in result.stderr
@@ -94,10 +94,10 @@ def test_context_longer_than_model_fails_in_tokens_stage(smoke_repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_too_few_tokens_names_n_contexts(smoke_repo):
+def test_too_few_tokens_names_n_contexts(lm_repo):
     from pipeline.models import load_tokenizer
 
-    tokenizer = load_tokenizer(smoke_repo / "artifacts/model")
+    tokenizer = load_tokenizer(lm_repo / "artifacts/model")
     with pytest.raises(ConfigError, match=r"tokens\.n_contexts: 50 contexts of 64 tokens need 3150 tokens"):
         token_stream_contexts(
             iter(["A short document."]),

@@ -13,10 +13,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import cost_model  # noqa: E402
 
 
-def test_shape_counts_the_real_models_parameters(smoke_repo):
+def test_shape_counts_the_real_models_parameters(lm_repo):
     from pipeline.models import load_model
 
-    model = load_model(smoke_repo / "artifacts" / "model", "float32", "cpu")
+    model = load_model(lm_repo / "artifacts" / "model", "float32", "cpu")
     real = sum(p.numel() for p in model.parameters() if p.dim() > 1)  # norms and biases are not matmuls
     assert cost_model.SHAPES["smollm2_135m"].params() == real
 

@@ -23,16 +23,16 @@ DEEP_HOOKS = ["blocks.29.hook_resid_post", "blocks.10.hook_mlp_out"]
 CHUNK_ROWS = 56
 
 
-def write_params(workdir: Path, smoke_repo: Path) -> None:
+def write_params(workdir: Path, lm_repo: Path) -> None:
     """The smoke params with the deep hooks added to harvest, one context per batch, small chunks."""
-    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params = yaml.safe_load((lm_repo / "params.yaml").read_text())
     params["harvest"].update({"hooks": DEEP_HOOKS + params["harvest"]["hooks"], "chunk_rows": CHUNK_ROWS})
     params["lm"].update({"batch_size": 1, "device": "cpu"})
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def harvest_args(workdir: Path, smoke_repo: Path, out: str) -> list[str]:
-    model, tokens = smoke_repo / "artifacts/model", smoke_repo / "artifacts/tokens.zarr"
+def harvest_args(workdir: Path, lm_repo: Path, out: str) -> list[str]:
+    model, tokens = lm_repo / "artifacts/model", lm_repo / "artifacts/tokens.zarr"
     return [
         "--model",
         str(model),
@@ -52,12 +52,12 @@ def committed(path: Path) -> int:
         return 0
 
 
-def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_path):
-    write_params(tmp_path, smoke_repo)
+def test_killed_harvest_resumes_and_matches_uninterrupted_run(lm_repo, tmp_path):
+    write_params(tmp_path, lm_repo)
     store = tmp_path / "killed" / "blocks.29.hook_resid_post.zarr"
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stages.harvest", *harvest_args(tmp_path, smoke_repo, "killed")],
+        [sys.executable, "-m", "stages.harvest", *harvest_args(tmp_path, lm_repo, "killed")],
         cwd=tmp_path,
         env={**subprocess_env(), "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,
@@ -72,12 +72,12 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
     total = zarr.open_array(store, mode="r").shape[0]
     assert 0 < rows_at_kill < total, f"the kill missed the run ({rows_at_kill} of {total} rows committed)"
 
-    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "killed"), tmp_path)
+    run_stage("harvest", harvest_args(tmp_path, lm_repo, "killed"), tmp_path)
     resumed = json.loads((tmp_path / "killed.json").read_text())
     assert resumed["resumed_from_row"] >= rows_at_kill - CHUNK_ROWS > 0
     assert resumed["rows_computed"] == total - resumed["resumed_from_row"]
 
-    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "clean"), tmp_path)
+    run_stage("harvest", harvest_args(tmp_path, lm_repo, "clean"), tmp_path)
     for name in ("blocks.29.hook_resid_post.zarr", "blocks.10.hook_mlp_out.zarr"):
         killed = zarr.open_array(tmp_path / "killed" / name, mode="r")
         clean = zarr.open_array(tmp_path / "clean" / name, mode="r")
@@ -85,18 +85,18 @@ def test_killed_harvest_resumes_and_matches_uninterrupted_run(smoke_repo, tmp_pa
         np.testing.assert_array_equal(killed[:], clean[:])
 
 
-def test_store_written_under_other_params_restarts(smoke_repo, tmp_path):
+def test_store_written_under_other_params_restarts(lm_repo, tmp_path):
     """A partial store from a different config is not resumed: it is rebuilt from row 0."""
-    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params = yaml.safe_load((lm_repo / "params.yaml").read_text())
     params["harvest"]["chunk_rows"] = 64
     params["lm"]["device"] = "cpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "acts"), tmp_path)
+    run_stage("harvest", harvest_args(tmp_path, lm_repo, "acts"), tmp_path)
     store = zarr.open_array(tmp_path / "acts" / "blocks.2.hook_resid_post.zarr", mode="r+")
     store.attrs["committed_rows"] = 128  # as if killed part-way
 
     params["harvest"]["store_dtype"] = "float16"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run_stage("harvest", harvest_args(tmp_path, smoke_repo, "acts"), tmp_path)
+    run_stage("harvest", harvest_args(tmp_path, lm_repo, "acts"), tmp_path)
     assert json.loads((tmp_path / "acts.json").read_text())["resumed_from_row"] == 0
     assert zarr.open_array(tmp_path / "acts" / "blocks.2.hook_resid_post.zarr", mode="r").dtype == np.float16

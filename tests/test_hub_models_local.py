@@ -58,12 +58,12 @@ def jsonl_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", params=["gpt2", "gemma2"])
-def harvested(request, smoke_repo, jsonl_corpus, tmp_path_factory):
+def harvested(request, lm_repo, jsonl_corpus, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     arch = request.param
     work = tmp_path_factory.mktemp(arch)
-    tokenizer = load_tokenizer(smoke_repo / "artifacts/model")
+    tokenizer = load_tokenizer(lm_repo / "artifacts/model")
     torch.manual_seed(0)
     stand_in = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
     stand_in.save_pretrained(work / "hub_dir")

@@ -90,12 +90,12 @@ def test_unknown_intervention_is_named():
 
 
 @pytest.fixture(scope="module")
-def lm(smoke_repo):
+def lm(lm_repo):
     from pipeline.models import load_model
     from pipeline.tokens import TokenStore
 
-    model = load_model(smoke_repo / "artifacts/model", "float32", "cpu")
-    tokens = TokenStore.open(smoke_repo / "artifacts/tokens.zarr")
+    model = load_model(lm_repo / "artifacts/model", "float32", "cpu")
+    tokens = TokenStore.open(lm_repo / "artifacts/tokens.zarr")
     return model, torch.from_numpy(tokens.contexts[:3]).long()
 
 

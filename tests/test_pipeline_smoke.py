@@ -23,14 +23,14 @@ def stores(smoke_repo, smoke_params):
 
 
 @pytest.fixture(scope="module")
-def tokens(smoke_repo):
-    return TokenStore.open(smoke_repo / "artifacts/tokens.zarr")
+def tokens(lm_repo):
+    return TokenStore.open(lm_repo / "artifacts/tokens.zarr")
 
 
 @pytest.fixture(scope="module")
-def hidden_states(smoke_repo, tokens):
+def hidden_states(lm_repo, tokens):
     """Direct transformers forward pass on the same contexts: hidden_states[L] is resid_pre of L."""
-    model = load_model(smoke_repo / "artifacts/model")
+    model = load_model(lm_repo / "artifacts/model")
     with torch.inference_mode():
         out = model(torch.from_numpy(tokens.contexts).long(), output_hidden_states=True)
     return model, [h.numpy() for h in out.hidden_states]
@@ -60,10 +60,10 @@ def test_stores_have_one_row_per_scored_token(smoke_repo, smoke_params, stores, 
         assert attrs["compute_dtype"] == "float32" and array.dtype == np.float32
 
 
-def test_token_index_matches_contexts(smoke_repo, tokens):
+def test_token_index_matches_contexts(lm_repo, tokens):
     import zarr
 
-    rows = zarr.open_group(smoke_repo / "artifacts/tokens.zarr", mode="r")["rows"]
+    rows = zarr.open_group(lm_repo / "artifacts/tokens.zarr", mode="r")["rows"]
     context, position, token = rows["context"][:], rows["position"][:], rows["token"][:]
     assert np.array_equal(tokens.contexts[context, position], token)
     assert position.min() == tokens.first_scored_position

@@ -1,6 +1,8 @@
-"""A queued two-point sweep at the smoke scale, run by two parallel DVC queue workers with every
-stage command prefixed by a launcher that records each call (the stand-in for `srun ...`); then
-the README's comparison commands: exp show, params diff, metrics diff, plots diff."""
+"""A queued two-point sweep of a downstream parameter (`probes.ridge`) in the smoke run's repo,
+run by two parallel DVC queue workers with every stage command prefixed by a launcher that
+records each call (the stand-in for `srun ...`); then the README's comparison commands: exp show,
+params diff, metrics diff, plots diff. With the smoke run's own overrides the experiments reuse
+every cached stage that does not depend on the swept parameter: what the user asked of DVC."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run, subprocess_env
+from tests.conftest import run, smoke_overrides, subprocess_env
 
-SWEEP_K = (8, 12)  # the smoke scale trains with k = 16
+SWEEP_RIDGE = (0.5, 2.0)  # the smoke scale fits the probes with ridge 0
+REUSED = ("model", "tokens", "harvest", "lm_loss", "train_sae", "sae_outputs", "synthetic", "interventions")
+"""Stages that do not depend on probes.ridge: restored from the cache, never launched again."""
 
 
 def _wait_for_queue(repo: Path, timeout_s: float) -> str:
@@ -27,66 +31,66 @@ def _wait_for_queue(repo: Path, timeout_s: float) -> str:
             return status
         if time.monotonic() > deadline:
             raise AssertionError(f"the sweep did not finish in {timeout_s} s:\n{status}")
-        time.sleep(10)
+        time.sleep(5)
 
 
 @pytest.fixture(scope="module")
-def sweep(smoke_repo, tmp_path_factory):
-    """(experiment name -> git rev, the launcher's record of calls) after the queued sweep."""
-    scratch = tmp_path_factory.mktemp("launcher")
-    calls = scratch / "calls.tsv"
-    launcher = scratch / "record-and-run.sh"
-    launcher.write_text(f'#!/usr/bin/env bash\nprintf "%s\\t%s\\n" "$PWD" "$*" >> {calls}\nexec "$@"\n')
-    launcher.chmod(0o755)
-    run(["dvc", "exp", "run", "--queue", "-S", "scale=smoke", "-S", f"launcher={launcher}",
-         "-S", f"sae.k={','.join(map(str, SWEEP_K))}"], smoke_repo)
-    # The workers outlive `queue start` and keep its stdout open: do not capture it.
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=smoke_repo, env=subprocess_env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    status = _wait_for_queue(smoke_repo, timeout_s=45 * 60)
-    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], smoke_repo).stdout)))
-    experiments = {row["Experiment"]: row["rev"] for row in table if row["Experiment"] and row["State"]}
-    assert len(experiments) == 2 and status.count("Success") == 2, \
-        status + "\n".join(run(["dvc", "queue", "logs", name], smoke_repo, check=False).stdout[-3000:] for name in experiments)
-    return experiments, calls.read_text().splitlines()
+def sweep(smoke_repo, launcher):
+    """Experiment name -> git rev after the queued sweep. The queue is stopped in teardown, so
+    that a failed or hung sweep leaves no worker behind."""
+    smoke_calls = len(launcher.recorded())
+    run(["dvc", "exp", "run", "--queue", *smoke_overrides(launcher), "-S", f"probes.ridge={','.join(map(str, SWEEP_RIDGE))}"],
+        smoke_repo)
+    try:
+        # The workers outlive `queue start` and keep its stdout open: do not capture it.
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=smoke_repo, env=subprocess_env(), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        status = _wait_for_queue(smoke_repo, timeout_s=20 * 60)
+        table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], smoke_repo).stdout)))
+        experiments = {row["Experiment"]: row["rev"] for row in table if row["Experiment"] and row["State"]}
+        assert len(experiments) == 2 and status.count("Success") == 2, \
+            status + "\n".join(run(["dvc", "queue", "logs", name], smoke_repo, check=False).stdout[-3000:] for name in experiments)
+        yield experiments, launcher.recorded()[smoke_calls:]
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], smoke_repo, check=False)
 
 
 def _lock(repo: Path, rev: str) -> dict:
     return yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], repo).stdout)
 
 
+def _stage_of(command: str) -> str:
+    return command.split("python -m stages.", 1)[1].split()[0]
+
+
 @pytest.mark.slow
-def test_launcher_prefixes_every_stage_of_both_experiments(sweep, smoke_repo):
+def test_the_smoke_run_launched_every_stage_through_the_prefix(smoke_repo, launcher):
+    dag = run(["dvc", "stage", "list", "--name-only"], smoke_repo).stdout.split()
+    lock = yaml.safe_load((smoke_repo / "dvc.lock").read_text())["stages"]
+    for name in dag:
+        prefix = lock[name]["cmd"].strip().split(" ", 1)[0]
+        assert prefix == str(launcher.script), f"{name}: {lock[name]['cmd']}"
+    in_workspace = [command for workdir, command in launcher.recorded() if Path(workdir) == smoke_repo]
+    assert sorted(" ".join(c.split()) for c in in_workspace[: len(dag)]) == sorted(
+        " ".join(lock[name]["cmd"].strip().split(" ", 1)[1].split()) for name in dag)
+
+
+@pytest.mark.slow
+def test_the_sweep_reran_only_what_depends_on_the_swept_parameter(sweep, smoke_repo):
     experiments, calls = sweep
     by_workdir: dict[str, set[str]] = {}
-    for line in calls:
-        workdir, command = line.split("\t")
-        by_workdir.setdefault(workdir, set()).add(" ".join(command.split()))
+    for workdir, command in calls:
+        by_workdir.setdefault(workdir, set()).add(_stage_of(command))
     assert len(by_workdir) == 2  # each experiment ran in its own workspace
-    dag = run(["dvc", "stage", "list", "--name-only"], smoke_repo).stdout.split()  # the smoke DAG
+    for stages in by_workdir.values():
+        assert {"validate", "probes", "probes_summary", "pursuit", "error_saes", "report"} <= stages, stages
+        assert not stages & set(REUSED), f"reran stages that do not depend on probes.ridge: {stages & set(REUSED)}"
+    workspace_lock = yaml.safe_load((smoke_repo / "dvc.lock").read_text())["stages"]
     for rev in experiments.values():
-        lock = _lock(smoke_repo, rev)["stages"]  # (also keeps stale entries of HEAD's default-scale DAG)
-        launched = set()
-        for name in dag:
-            prefix, command = lock[name]["cmd"].strip().split(" ", 1)
-            assert prefix.endswith("record-and-run.sh"), f"{name}: {lock[name]['cmd']}"
-            launched.add(" ".join(command.split()))
-        assert launched in by_workdir.values(), "an experiment's stages were not all launched through the prefix"
-    assert len(calls) == 2 * len(dag)
-
-@pytest.mark.slow
-def test_parallel_experiments_share_the_activation_stores_intact(sweep, smoke_repo):
-    """Both experiments harvested in parallel into the same DVC cache: same store hashes as the
-    workspace's own run, and the workspace's stores still match its lock."""
-    experiments, _ = sweep
-    def store_hashes(lock: dict) -> dict:
-        return {o["path"]: o["md5"] for o in lock["stages"]["harvest"]["outs"] if o["path"] == "artifacts/activations"}
-
-    expected = store_hashes(yaml.safe_load((smoke_repo / "dvc.lock").read_text()))
-    assert expected
-    for rev in experiments.values():
-        assert store_hashes(_lock(smoke_repo, rev)) == expected
-    assert "harvest" not in run(["dvc", "status", "harvest"], smoke_repo).stdout.replace("'harvest'", "")
+        lock = _lock(smoke_repo, rev)["stages"]
+        for name in workspace_lock:
+            if name.split("@")[0] in REUSED:  # restored from the cache: the very same outputs
+                assert lock[name]["outs"] == workspace_lock[name]["outs"], name
 
 
 @pytest.mark.slow
@@ -94,19 +98,19 @@ def test_sweep_metrics_differ_where_they_should(sweep, smoke_repo):
     experiments, _ = sweep
     first, second = experiments
     rows = csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--only-changed", "--csv"], smoke_repo).stdout))
-    assert sorted(int(row["sae.k"]) for row in rows if row["Experiment"] in experiments) == list(SWEEP_K)
+    assert sorted(float(row["probes.ridge"]) for row in rows if row["Experiment"] in experiments) == list(SWEEP_RIDGE)
 
     params = json.loads(run(["dvc", "params", "diff", first, second, "--json"], smoke_repo).stdout)["params.yaml"]
-    assert {key for key in params} == {"sae.k"}
-    assert sorted((params["sae.k"]["old"], params["sae.k"]["new"])) == list(SWEEP_K)
+    assert set(params) == {"probes.ridge"}
+    assert sorted((params["probes.ridge"]["old"], params["probes.ridge"]["new"])) == list(SWEEP_RIDGE)
 
     metrics = json.loads(run(["dvc", "metrics", "diff", first, second, "--json", "--all"], smoke_repo).stdout)
-    for path, values in metrics.items():
-        if path.startswith("metrics/sae/"):
-            assert sorted((values["l0"]["old"], values["l0"]["new"])) == list(SWEEP_K), path  # TopK: L0 = k
-            assert values["fvu"]["diff"] * values["l0"]["diff"] < 0, path  # a larger k, a smaller error
-    assert any(p.startswith("metrics/probes/") and v["nonlinear_fvu"]["diff"] != 0 for p, v in metrics.items())
-    assert metrics["metrics/harvest.json"]["rows"]["diff"] == 0  # the activations do not depend on k
+    sae_metrics = {p: v for p, v in metrics.items() if p.startswith("metrics/sae/")}
+    assert sae_metrics and all(d["diff"] == 0 for v in sae_metrics.values() for d in v.values()), "the SAEs must be reused"
+    probes = {p: v for p, v in metrics.items() if p.startswith("metrics/probes/")}
+    assert probes and all(v["error_vector_r2"]["diff"] != 0 for v in probes.values())  # a ridge changes every fit
+    assert all(v["sae_fvu"]["diff"] == 0 for v in probes.values())
+    assert metrics["metrics/harvest.json"]["rows"]["diff"] == 0
 
     out = smoke_repo / "plots_diff"
     run(["dvc", "plots", "diff", first, second, "-o", str(out)], smoke_repo)

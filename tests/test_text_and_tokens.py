@@ -59,10 +59,10 @@ def test_pydoc_corpus_is_large_clean_and_seeded():
 
 
 @pytest.mark.slow
-def test_contexts_start_with_bos_and_separate_documents(smoke_repo):
+def test_contexts_start_with_bos_and_separate_documents(lm_repo):
     from pipeline.models import load_tokenizer
 
-    tokenizer = load_tokenizer(smoke_repo / "artifacts/model")
+    tokenizer = load_tokenizer(lm_repo / "artifacts/model")
     docs = [
         "Return the number of items.",
         "Close the file.",
