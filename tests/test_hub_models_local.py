@@ -85,7 +85,24 @@ def harvested(request, lm_repo, jsonl_corpus, tmp_path_factory):
     cfg = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], chunk_rows=16)
     harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"), progress=False)
     stores = {name: open_store(store_path(work / "acts", name))[:] for name in cfg.hooks}
-    return arch, load_model(work / "model"), tokens, stores
+    return arch, load_model(work / "model"), tokens, stores, work
+
+
+def test_resume_from_unequal_committed_rows_with_batches_across_chunks(harvested):
+    """As if killed while the writes of different stores had reached different chunks: harvest
+    resumes at the least committed row (batches of 5 contexts straddle the 16-row chunks) and
+    every store ends identical to the uninterrupted run."""
+    import zarr
+
+    _, _, _, stores, work = harvested
+    cfg = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], chunk_rows=16)
+    behind, ahead = (store_path(work / "acts", name) for name in cfg.hooks[:2])
+    zarr.open_array(behind, mode="r+").attrs["committed_rows"] = 32
+    zarr.open_array(ahead, mode="r+").attrs["committed_rows"] = 80
+    result = harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"), progress=False)
+    assert result.resumed_from_row == 32 and result.rows_computed == result.n_rows - 32
+    for name in cfg.hooks:
+        np.testing.assert_array_equal(open_store(store_path(work / "acts", name))[:], stores[name])
 
 
 def test_jsonl_documents_stream_through_datasets(jsonl_corpus):
@@ -96,7 +113,7 @@ def test_jsonl_documents_stream_through_datasets(jsonl_corpus):
 
 
 def test_hub_architecture_matches_hidden_states(harvested):
-    arch, model, tokens, stores = harvested
+    arch, model, tokens, stores, _ = harvested
     with torch.inference_mode():
         hidden = model(torch.from_numpy(tokens.contexts).long(), output_hidden_states=True).hidden_states
 
@@ -110,7 +127,7 @@ def test_hub_architecture_matches_hidden_states(harvested):
 
 def test_hub_architecture_sites_decompose_the_block(harvested):
     """resid_post - resid_pre = attention output (from z) + mlp_out, per architecture's wiring."""
-    arch, model, _, stores = harvested
+    arch, model, _, stores, _ = harvested
     z = torch.from_numpy(stores[f"blocks.{LAYER}.attn.hook_z"])
     with torch.inference_mode():
         if arch == "gpt2":
