@@ -154,6 +154,6 @@ def test_unknown_hub_id_names_model_path(tmp_path):
 
 
 def test_token_store_reopens(harvested):
-    _, _, tokens, stores = harvested
+    _, _, tokens, stores, _ = harvested
     again = TokenStore.open(tokens.path)
     assert again.content_hash == tokens.content_hash and again.n_rows == len(next(iter(stores.values())))
