@@ -44,22 +44,47 @@ def test_earlier_components_same_site_sanity(smoke_repo):
     assert set(got) >= {f"{role}.{kind}" for role in ("same_site", "previous_resid", "mlp_out", "attn_z") for kind in ("sae_output", "activation", "error")}
 
 
-def test_earlier_components_match_sklearn(smoke_repo):
+def test_every_earlier_components_set_matches_sklearn(smoke_repo):
+    """Each predictor set (single blocks and the combined ones) refitted with sklearn on the fit
+    rows and scored on the test rows. Sets whose fit features are numerically rank-deficient
+    (condition number > 1e6: a 512-latent SAE's outputs span at most 512 of 576 dimensions, the
+    rest is float32 noise) have no unique least-squares map, so their R² is not comparable and is
+    skipped; every activation and error set is well-posed and must match."""
+    import yaml
     from sklearn.linear_model import LinearRegression
 
-    x, x_hat = reconstruction(smoke_repo, TARGET)
-    attrs = open_store(smoke_repo / f"artifacts/activations/{TARGET}.zarr").attrs
+    from pipeline.earlier_components import predictor_sets, source_role
+
+    cfg = yaml.safe_load((smoke_repo / "params.yaml").read_text())["earlier_components"]
+    target = cfg["hooks"][0]
+    attrs = open_store(smoke_repo / f"artifacts/activations/{target}.zarr").attrs
     fit, n_train = slice(int(attrs["n_sae_rows"]), int(attrs["n_train_rows"])), int(attrs["n_train_rows"])
-    e = x - x_hat
+    blocks = {}
+    for source in cfg["sources"]:
+        role = source_role(source, target)
+        x, x_hat = reconstruction(smoke_repo, source)
+        blocks[role, "activation"], blocks[role, "sae_output"], blocks[role, "error"] = x, x_hat, x - x_hat
+    target_role = source_role(target, target)
+    x = blocks[target_role, "activation"]
+    e = blocks[target_role, "error"]
     e_lin = LinearRegression().fit(x[fit], e[fit]).predict(x)  # the probe, refitted independently
-    # The MLP's activations, not its SAE outputs: a 512-latent SAE's outputs span at most 512 of the
-    # 576 dimensions, and rank-deficient least squares has no unique solution to compare.
-    mlp, _ = reconstruction(smoke_repo, "blocks.2.hook_mlp_out")
     targets = {"error": e, "linear_error": e_lin, "nonlinear_error": e - e_lin}
-    got = metrics(smoke_repo, "earlier_components.json")["mlp_out.activation"]
-    for name, y in targets.items():
-        predicted = LinearRegression().fit(mlp[fit], y[fit]).predict(mlp[n_train:])
-        assert got[name] == pytest.approx(r2(y[n_train:], predicted), abs=2e-3 * max(1, abs(got[name]))), name
+    got = metrics(smoke_repo, "earlier_components.json")
+    sets = predictor_sets([source_role(s, target) for s in cfg["sources"]], target_role)
+    assert set(got) == set(sets)
+    checked = []
+    for name, parts in sets.items():
+        features = np.hstack([blocks[p] for p in parts])
+        centred = features[fit] - features[fit].mean(0)
+        singular = np.linalg.svd(centred, compute_uv=False)
+        if singular[0] > 1e6 * singular[-1]:
+            continue
+        checked.append(name)
+        for target_name, y in targets.items():
+            predicted = LinearRegression().fit(features[fit], y[fit]).predict(features[n_train:])
+            expected = r2(y[n_train:], predicted)
+            assert got[name][target_name] == pytest.approx(expected, abs=2e-3 * max(1, abs(expected))), (name, target_name)
+    assert {f"{role}.{kind}" for role in ("same_site", "previous_resid", "mlp_out", "attn_z") for kind in ("activation", "error")} <= set(checked)
 
 
 def test_per_token_scaling_matches_numpy(smoke_repo):
