@@ -119,12 +119,33 @@ def test_figures_are_written(smoke_repo):
             assert image.size[0] > 300 and image.size[1] > 200, path
 
 
-def test_synthetic_metrics_follow_the_planted_noise(smoke_repo):
+def test_synthetic_summary_matches_its_table(smoke_repo):
+    """The correlations and linear shares in synthetic.json, recomputed with numpy from the grid
+    table (3 x 3 x 2 points at the smoke scale) as docs/science.md defines them."""
+    import csv
+
+    with open(smoke_repo / "metrics/synthetic.csv") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    assert len(rows) == 3 * 3 * 2
     got = metrics(smoke_repo, "synthetic.json")
-    assert got["nonlinear_vs_introduced_noise"] > 0.8
-    assert got["linear_vs_activation_noise"] > 0.5
-    table = (smoke_repo / "metrics/synthetic.csv").read_text().splitlines()
-    assert len(table) == 1 + 2 * 2 * 2  # the smoke grid: 2 x 2 x 2
+    axes = ("activation_noise", "introduced_noise", "masked_fraction")
+    for part in ("linear", "nonlinear"):
+        for varied in axes:
+            held = [a for a in axes if a != varied]
+            groups = {}
+            for row in rows:
+                groups.setdefault(tuple(row[h] for h in held), []).append(row)
+            values = [np.corrcoef([r[f"{part}_fvu"] for r in g], [r[varied] for r in g])[0, 1] for g in groups.values()]
+            assert got[f"{part}_vs_{varied}"] == pytest.approx(np.mean(values), abs=1e-9), (part, varied)
+    low = {a: min(r[a] for r in rows) for a in axes}
+
+    def at(**settings):
+        return next(r for r in rows if all(r[a] == settings.get(a, low[a]) for a in axes))
+
+    for axis in axes:
+        base, top = at(), at(**{axis: max(r[axis] for r in rows)})
+        share = (top["linear_fvu"] - base["linear_fvu"]) / (top["fvu"] - base["fvu"])
+        assert got["linear_share_of_added_error"][axis] == pytest.approx(share, abs=1e-9), axis
 
 
 @pytest.mark.parametrize(
