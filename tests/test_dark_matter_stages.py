@@ -174,3 +174,58 @@ def test_synthetic_bad_grid_names_the_key(smoke_repo, tmp_path):
     result = run_stage("synthetic", args, tmp_path, params, check=False)
     assert result.returncode == 2
     assert "synthetic.masked_fraction" in result.stderr
+
+
+def test_scaling_with_three_widths_fits_the_power_law_and_its_bands(smoke_repo, tmp_path):
+    """The smoke run has two widths, too few for the power law. A third width (256) is trained,
+    encoded and probed here by the stage scripts, beside symlinks to the smoke run's outputs; then
+    `scaling` must fit FVU = c + a W^-m at the constrained least-squares optimum (found here
+    independently with nnls over a grid of m) and write bands that stack to the FVU."""
+    import csv
+
+    import yaml
+    from scipy.optimize import nnls
+
+    hook, widths = TARGET, (128, 256, 512)
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["sae"].update({"hooks": [hook], "widths": list(widths)})
+    for section in ("synthetic", "interventions", "component_ce", "pursuit", "error_saes"):
+        params[section]["hooks"] = [hook]
+    params["earlier_components"]["sources"] = [hook]
+    for name in ("model", "tokens.zarr", "lm_loss.zarr", "activations"):
+        (tmp_path / "artifacts").mkdir(exist_ok=True)
+        (tmp_path / "artifacts" / name).symlink_to(smoke_repo / "artifacts" / name)
+    for folder in ("saes", "sae_outputs", "probes"):
+        (tmp_path / folder).mkdir()
+        for entry in (smoke_repo / "artifacts" / folder).glob(f"{hook}-*"):
+            (tmp_path / folder / entry.name).symlink_to(entry)
+    for folder in ("sae", "probes", "pursuit"):
+        (tmp_path / "metrics" / folder).mkdir(parents=True)
+        for entry in (smoke_repo / "metrics" / folder).glob(f"{hook}-*.json"):
+            (tmp_path / "metrics" / folder / entry.name).symlink_to(entry)
+    name, acts = f"{hook}-256", ["--hook", hook, "--activations", "artifacts/activations"]
+    run_stage("train_sae", [*acts, "--width", "256", "--out", f"saes/{name}", "--curve", "curve.csv"], tmp_path, params)
+    run_stage("sae_outputs", [*acts, "--sae", f"saes/{name}", "--out", f"sae_outputs/{name}.zarr", "--metrics", f"metrics/sae/{name}.json"], tmp_path)
+    run_stage("probes", [*acts, "--sae", f"saes/{name}", "--tokens", "artifacts/tokens.zarr", "--lm-loss", "artifacts/lm_loss.zarr",
+                         "--out", f"probes/{name}.zarr", "--metrics", f"metrics/probes/{name}.json"], tmp_path)
+    run_stage("scaling", ["--metrics-dir", "metrics", "--activations", "artifacts/activations", "--sae-outputs", "sae_outputs",
+                          "--probes", "probes", "--saes", "saes", "--tokens", "artifacts/tokens.zarr", "--out", "scaling.json",
+                          "--plots", "plots", "--figures", "figures"], tmp_path)
+
+    fvu = np.array([json.loads((tmp_path / "metrics/sae" / f"{hook}-{w}.json").read_text())["fvu"] for w in widths])
+    nonlinear = np.array([json.loads((tmp_path / "metrics/probes" / f"{hook}-{w}.json").read_text())["nonlinear_fvu"] for w in widths])
+    law = json.loads((tmp_path / "scaling.json").read_text())[hook]["power_law"]
+    w = np.array(widths, dtype=float)
+    achieved = ((law["c"] + law["a"] * w ** -law["m"] - fvu) ** 2).sum()
+    best = min(nnls(np.column_stack([np.ones_like(w), w**-m]), fvu)[1] ** 2 for m in np.linspace(0, 5, 5001))
+    assert achieved <= best * (1 + 1e-3) + 1e-12, (law, achieved, best)
+    with open(tmp_path / "plots" / f"{hook}.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["width"]) for r in rows] == list(widths)
+    for row, f_w, n_w, width in zip(rows, fvu, nonlinear, w):
+        assert float(row["fvu_fit"]) == pytest.approx(law["c"] + law["a"] * width ** -law["m"], rel=1e-9)
+        bands = [float(row[b]) for b in ("nonlinear", "encoder", "linear_persistent", "above_asymptote")]
+        assert sum(bands) == pytest.approx(f_w, abs=1e-9)
+        if width != 512:  # no pursuit at these widths: the nonlinear band is the probe's nonlinear FVU
+            assert float(row["nonlinear"]) == pytest.approx(n_w, abs=1e-9)
+    assert (tmp_path / "figures" / f"{hook}-bands.png").exists()
