@@ -78,3 +78,22 @@ def test_a_comment_edit_reruns_every_stage_that_imports_the_file(smoke_repo, tmp
     dry = run(["dvc", "repro", "--dry"], repo).stdout
     ran = {line.split("'")[1].split("@")[0] for line in dry.splitlines() if line.startswith("Running stage")}
     assert importers <= ran
+
+
+def test_dvc_yaml_keeps_the_shape_the_generator_rewrites():
+    """`code_deps.rewrite` edits each stage's deps list line by line: it needs every item on its own
+    `      - path` line, no comment or blank line inside the list, and no duplicate entry."""
+    import re
+
+    import yaml
+
+    lines = (REPO / "dvc.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^    deps:\s*$", line):
+            j = i + 1
+            while j < len(lines) and not re.match(r"^    \S", lines[j]) and not re.match(r"^  \S", lines[j]):
+                assert re.match(r"^      - \S+$", lines[j]), f"dvc.yaml:{j + 1}: {lines[j]!r} inside a deps list"
+                j += 1
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        deps = stage.get("deps") or []
+        assert len(deps) == len(set(map(str, deps))), f"stage {name!r} lists a dependency twice"
