@@ -135,7 +135,7 @@ def smoke_overrides(launcher: Launcher) -> list[str]:
 
 @pytest.fixture(scope="session")
 def lm_repo(tmp_path_factory, launcher) -> Path:
-    """A git copy of the repo with only the smoke run's model and tokens (two stages, about 30 s)."""
+    """A git copy of the repo with only the smoke run's model and tokens (validate, model, tokens: about 30 s)."""
     repo = copy_repo(tmp_path_factory.mktemp("smoke_repo"))
     run(["dvc", "exp", "run", *smoke_overrides(launcher), "tokens"], repo)
     return repo
