@@ -54,7 +54,7 @@ def component_ce(
             full[mask] = rows.to(full.dtype)
             _, token_ce = token_kl_and_ce(cache.clean_logprobs, cache.splice(full), ids)
             ce[name].append(token_ce[mask][keep].cpu().numpy())
-        x64, e64, lin64, non64 = (t.double().cpu().numpy() for t in (x, err, linear, nonlinear))
+        x64, e64, lin64, non64 = (t.cpu().double().numpy() for t in (x, err, linear, nonlinear))
         sum_x = x64.sum(0) if sum_x is None else sum_x + x64.sum(0)
         sums["x_sq"] += float((x64**2).sum())
         sums["n"] += len(x64)

@@ -32,7 +32,7 @@ def components(sae: SAE, x: np.ndarray, weight: np.ndarray, bias: np.ndarray) ->
     """{linear_error: e_hat, nonlinear_error: n, error: e} for rows x, float32."""
     x = np.asarray(x, dtype=np.float32)
     _, x_hat = encode_decode(sae, torch.from_numpy(x).to(sae.device))
-    err = x.astype(np.float64) - x_hat.double().cpu().numpy()
+    err = x.astype(np.float64) - x_hat.cpu().double().numpy()
     linear = x.astype(np.float64) @ weight + bias
     return {"linear_error": linear.astype(np.float32), "nonlinear_error": (err - linear).astype(np.float32), "error": err.astype(np.float32)}
 

@@ -100,9 +100,9 @@ def pursuit_metrics(sae: SAE, acts: zarr.Array, cfg: PursuitConfig, probe_bias: 
     l0_sum = {"encoder": 0.0, "pursuit": 0.0}
     ratios = []
     for x, enc, enc_l0, pur, pur_l0 in batches(n_train, acts.shape[0], "pursuit: score"):
-        x_np = x.double().cpu().numpy()
+        x_np = x.cpu().double().numpy()
         for name, x_hat in (("encoder", enc), ("pursuit", pur)):
-            x_hat = x_hat.double().cpu().numpy()
+            x_hat = x_hat.cpu().double().numpy()
             scores[name].update(x_np, x_hat)
             scores[f"{name}_nonlinear"].update(x_np, x_hat + fits[name].predict(x.cpu().numpy()))
         l0_sum["encoder"] += float(enc_l0.sum())

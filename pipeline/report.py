@@ -56,7 +56,13 @@ class ReportInputs:
         return by_sae_order({name: json.loads(p.read_text()) for name, p in paths.items() if p.exists()})
 
     def figure_files(self, pattern: str) -> list[Path]:
+        """Figures of a stage's own output (a file, or a folder the stage rewrites whole)."""
         return sorted(self.figures.glob(pattern), key=lambda p: _hook_order(p.stem))
+
+    def per_sae_figures(self, relative: str, section: str) -> list[Path]:
+        """The per-SAE figures under `relative` of exactly the SAEs `section` names (as `json_dir`)."""
+        names = [sae_name(h, w) for h in self.param(f"{section}.hooks") or [] for w in self.param(f"{section}.widths") or []]
+        return [p for name in sorted(names, key=_hook_order) if (p := self.figures / relative / f"{name}.png").exists()]
 
     def param(self, dotted: str) -> Any:
         value = OmegaConf.select(self.params, dotted, default=None)
@@ -260,7 +266,7 @@ def pathological_section(inputs: ReportInputs) -> Section | None:
         "The KL ratio is how much more splicing in the SAE's reconstruction changes the next-token distribution than "
         "moving the activation the same distance in a random direction; above 1, the SAE's error is worse than random.",
         tables=[Table(["SAE", "KL substitution", "KL epsilon_random", "ratio (95% CI)", "ratio vs cov_random", "CE score", "published ratio"], rows)],
-        figures=[*inputs.figure_files("layer_sweep.png"), *inputs.figure_files("interventions/*.png")],
+        figures=[*inputs.figure_files("layer_sweep.png"), *inputs.per_sae_figures("interventions", "interventions")],
         config_keys=["interventions.hooks", "interventions.widths", "interventions.n_contexts", "interventions.n_draws", "interventions.seed"],
     )
 
@@ -315,7 +321,7 @@ def error_saes_section(inputs: ReportInputs) -> Section | None:
         "The FVU of an SAE trained on one error component says how learnable (how sparse) that component is: "
         "a higher FVU at the same L0 means harder to learn.",
         tables=[Table(["SAE", "trained on", "FVU of its target", "L0", "dead latents", "judge score"], rows)],
-        figures=inputs.figure_files("error_saes/*.png"),
+        figures=inputs.per_sae_figures("error_saes", "error_saes"),
         config_keys=["error_saes.hooks", "error_saes.widths", "error_saes.judge", "sae.architecture", "sae.k"],
     )
 

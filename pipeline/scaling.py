@@ -122,7 +122,7 @@ def latent_vs_probe(sae: SAE, acts: zarr.Array, outputs: zarr.Group, block_rows:
     fit_rows = RowSplit.of(acts).fit_rows
     for _, x in iter_row_blocks(acts, fit_rows.start, fit_rows.stop, rows=block_rows):
         latents, x_hat = encode_decode(sae, torch.from_numpy(np.asarray(x, dtype=np.float32)).to(sae.device))
-        centred = x_hat.double().cpu().numpy() - b_dec
+        centred = x_hat.cpu().double().numpy() - b_dec
         equations.update(centred, np.einsum("ij,ij->i", centred, centred))
         latents = latents.cpu().double().numpy()
         total += latents.sum(0)

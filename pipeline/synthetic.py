@@ -55,7 +55,7 @@ def run_grid(sae: SAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: Synth
     """Every (sigma_a, sigma_r, masked fraction) of the config, on the given real activations."""
     generator = torch.Generator().manual_seed(cfg.seed)
     acts = {name: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(sae.device) for name, a in (("train", train_acts), ("test", test_acts))}
-    scale = float(acts["train"].double().var(0).mean().sqrt())
+    scale = float(acts["train"].cpu().double().var(0).mean().sqrt())
     clean = {name: encode_decode(sae, a)[1] for name, a in acts.items()}
     latents = {name: encode_decode(sae, c)[0] for name, c in clean.items()}
     order = latent_order(sae, clean["train"])
@@ -73,7 +73,7 @@ def run_grid(sae: SAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: Synth
             equations = NormalEquations(bias=True)
             equations.update(observed["train"].cpu().numpy(), (observed["train"] - recon["train"]).cpu().numpy())
             linear = equations.solve().predict(observed["test"].cpu().numpy())
-            x, r = observed["test"].double().cpu().numpy(), recon["test"].double().cpu().numpy()
+            x, r = observed["test"].cpu().double().numpy(), recon["test"].cpu().double().numpy()
             sae_score, nonlinear_score = FitScore(), FitScore()
             sae_score.update(x, r)
             nonlinear_score.update(x, r + linear)
