@@ -127,3 +127,28 @@ def test_token_losses_against_cross_entropy():
     torch.testing.assert_close(following[:, :-1], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(current[:, 1:], expected, rtol=1e-5, atol=1e-5)  # token t's own loss, given the tokens before it
     assert torch.isnan(following[:, -1]).all() and torch.isnan(current[:, 0]).all()
+
+
+@pytest.mark.slow
+def test_lm_loss_store_against_cross_entropy_on_a_test_context(smoke_repo):
+    """The stored per-token losses of the first test context, recomputed from the LM's logits with
+    cross_entropy; rows reserved for SAE training are NaN (the stage skips them)."""
+    from pipeline.models import load_model
+    from pipeline.tokens import TokenStore
+
+    tokens = TokenStore.open(smoke_repo / "artifacts/tokens.zarr")
+    group = zarr.open_group(smoke_repo / "artifacts/lm_loss.zarr", mode="r")
+    current, following = group["loss_current"][:], group["loss_next"][:]
+    assert len(current) == tokens.n_rows
+    assert np.isnan(current[: tokens.n_sae_rows]).all() and np.isnan(following[: tokens.n_sae_rows]).all()
+    context = tokens.split.test_contexts().start
+    ids = torch.from_numpy(tokens.contexts[context : context + 1]).long()
+    with torch.no_grad():
+        logits = load_model(smoke_repo / "artifacts/model", "float32", "cpu")(input_ids=ids).logits[0]
+    ce = F.cross_entropy(logits[:-1], ids[0, 1:], reduction="none").numpy()  # ce[p]: the token at p + 1
+    positions = np.nonzero(tokens.mask[context])[0]
+    rows = slice(tokens.context_row_starts[context], tokens.context_row_starts[context + 1])
+    expected_next = np.array([ce[p] if p + 1 < ids.shape[1] else np.nan for p in positions])
+    expected_current = np.array([ce[p - 1] for p in positions])
+    np.testing.assert_allclose(following[rows], expected_next, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(current[rows], expected_current, rtol=1e-4, atol=1e-5)
