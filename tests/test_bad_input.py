@@ -44,7 +44,7 @@ def test_empty_hook_list():
 def test_layer_out_of_range_names_key_and_range(lm_repo):
     cfg = HarvestConfig(hooks=["blocks.3.hook_resid_post", "blocks.30.hook_mlp_out"])
     with pytest.raises(ConfigError, match=r"harvest\.hooks\[1\]: layer 30 .* 30 layers \(0\.\.29\)"):
-        validate(cfg, lm_repo / "artifacts/model")
+        validate(cfg, LmConfig(), lm_repo / "artifacts/model")
 
 
 def test_wrong_type_and_unknown_key_name_the_key():
