@@ -7,7 +7,8 @@ import pytest
 import torch
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-from pipeline.synthetic import SyntheticConfig, correlations, linear_share_of_added_error, run_grid
+from pipeline.analysis_config import SyntheticConfig
+from pipeline.synthetic import correlations, linear_share_of_added_error, run_grid
 
 D, D_SAE, K = 32, 16, 3
 
