@@ -87,3 +87,17 @@ def test_dvc_exp_run_fails_on_a_bad_value_before_any_work(tmp_path, override, ke
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran == {"validate"}, ran
     print(f"dvc exp run -S {override}: failed after {seconds:.1f} s")
+
+
+def test_resolve_device_names_the_callers_key():
+    import torch
+
+    from pipeline.models import resolve_device
+
+    expected_auto = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto", "probes.device").type == expected_auto
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^probes\.device: 'cuda:1' asked for, but torch sees no CUDA device"):
+            resolve_device("cuda:1", "probes.device")
+    with pytest.raises(ConfigError, match=r"^scaling\.device: 'gpu' is not a torch device"):
+        resolve_device("gpu", "scaling.device")
