@@ -263,10 +263,11 @@ def test_summarise_intervals_are_the_percentiles_of_resampled_means():
         means = [kl[rng.integers(0, len(kl), len(kl))].mean() for _ in range(200)]
         assert m["interventions"][name]["kl_ci_low"] == pytest.approx(np.quantile(means, 0.025))
         assert m["interventions"][name]["kl_ci_high"] == pytest.approx(np.quantile(means, 0.975))
-        ce = (r.ce[name] - r.clean_ce)
+        ce = r.ce[name] - r.clean_ce
         ce = ce[np.isfinite(ce)]
-        [ce[rng.integers(0, len(ce), len(ce))].mean() for _ in range(200)]  # the CE interval's draws come next
-        assert m["interventions"][name]["kl_ci_low"] <= m["interventions"][name]["kl"] <= m["interventions"][name]["kl_ci_high"]
+        ce_means = [ce[rng.integers(0, len(ce), len(ce))].mean() for _ in range(200)]  # the CE interval draws next
+        assert m["interventions"][name]["ce_increase_ci_low"] == pytest.approx(np.quantile(ce_means, 0.025))
+        assert m["interventions"][name]["ce_increase_ci_high"] == pytest.approx(np.quantile(ce_means, 0.975))
 
 
 def test_summarise_edge_cases_give_documented_values_or_clear_errors():
