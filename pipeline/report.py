@@ -47,12 +47,15 @@ class ReportInputs:
         path = self.metrics / relative
         return json.loads(path.read_text()) if path.exists() else None
 
+    def sae_names(self, section: str) -> list[str]:
+        """The SAEs that `section` names in this run's params (`hooks` x `widths`). Per-SAE files
+        are read for these only, never by a glob: a folder may also hold another run's files
+        (e.g. the committed default run's, beside a smoke experiment's)."""
+        return [sae_name(h, w) for h in self.param(f"{section}.hooks") or [] for w in self.param(f"{section}.widths") or []]
+
     def json_dir(self, relative: str, section: str) -> dict[str, dict]:
-        """The per-SAE metrics files under `relative` of exactly the SAEs that `section` names in
-        this run's params (`hooks` x `widths`), never a glob: a folder may also hold another
-        run's files (e.g. the committed default run's, beside a smoke experiment's)."""
-        names = [sae_name(h, w) for h in self.param(f"{section}.hooks") or [] for w in self.param(f"{section}.widths") or []]
-        paths = {name: self.metrics / relative / f"{name}.json" for name in names}
+        """The per-SAE metrics files under `relative` of the SAEs `section` names."""
+        paths = {name: self.metrics / relative / f"{name}.json" for name in self.sae_names(section)}
         return by_sae_order({name: json.loads(p.read_text()) for name, p in paths.items() if p.exists()})
 
     def figure_files(self, pattern: str) -> list[Path]:
@@ -60,9 +63,9 @@ class ReportInputs:
         return sorted(self.figures.glob(pattern), key=lambda p: _hook_order(p.stem))
 
     def per_sae_figures(self, relative: str, section: str) -> list[Path]:
-        """The per-SAE figures under `relative` of exactly the SAEs `section` names (as `json_dir`)."""
-        names = [sae_name(h, w) for h in self.param(f"{section}.hooks") or [] for w in self.param(f"{section}.widths") or []]
-        return [p for name in sorted(names, key=_hook_order) if (p := self.figures / relative / f"{name}.png").exists()]
+        """The per-SAE figures under `relative` of the SAEs `section` names."""
+        names = sorted(self.sae_names(section), key=_hook_order)
+        return [p for name in names if (p := self.figures / relative / f"{name}.png").exists()]
 
     def param(self, dotted: str) -> Any:
         value = OmegaConf.select(self.params, dotted, default=None)
