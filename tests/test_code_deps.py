@@ -1,8 +1,8 @@
 """The DAG's code dependencies follow the imports: every stage lists the whole closure of
 project files its script imports, and an edit to one of them reruns every stage that imports it."""
 
+import json
 import shutil
-import textwrap
 
 import pytest
 
@@ -65,9 +65,7 @@ def test_a_comment_edit_reruns_every_stage_that_imports_the_file(smoke_repo, tmp
     edited = ("pipeline/sae_outputs.py", "pipeline/sites.py")
     for path in edited:
         with open(repo / path, "a") as handle:
-            handle.write(textwrap.dedent("\n# a comment added by test_code_deps\n"))
-    import json
-
+            handle.write("\n# a comment added by test_code_deps\n")
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     changed = {name.split("@")[0] for name in status}
     modules = stage_modules(repo / "dvc.yaml")
