@@ -2,9 +2,10 @@
 
 One store holds one hook's activations, shape (n_rows, d); row i is row i of the token index.
 The array is allocated at full size up front; `committed_rows` (an attribute, rewritten
-atomically after every write) says how many leading rows hold data. A reader trusts only
-those rows, and a writer resumes from them, provided the store's `fingerprint` (the inputs
-and params it was written under) matches; otherwise the store is started afresh.
+atomically after every write) says how many leading rows hold data. A writer resumes from
+them, provided the store's `fingerprint` (the inputs and params it was written under) matches;
+otherwise the store is started afresh. A finished store is sealed with its chunk manifest
+(pipeline.store_integrity), and a reader opens only finished stores whose chunks match it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Iterator
 
 import numpy as np
 import zarr
+
+from pipeline.store_integrity import check, remove_partials, seal
 
 
 class IncompleteStoreError(RuntimeError):
@@ -37,6 +40,7 @@ class ActivationWriter:
             try:
                 array = zarr.open_array(self.path, mode="r+")
                 if array.attrs.get("fingerprint") == fingerprint and array.shape == (n_rows, width):
+                    remove_partials(self.path)  # a chunk write the kill interrupted; its rows are not committed
                     return array
             except Exception:  # unreadable leftovers of a crash: start afresh
                 pass
@@ -58,7 +62,11 @@ class ActivationWriter:
     def rewind(self, row: int) -> None:
         """Continue writing from `row` (<= committed rows, chunk-aligned)."""
         aligned = row % self.chunk_rows == 0 or row == self.array.shape[0]
-        assert row <= self.committed_rows and aligned, (row, self.committed_rows)
+        if not (row <= self.committed_rows and aligned):
+            raise IncompleteStoreError(
+                f"{self.path}: cannot resume at row {row} (committed_rows={self.committed_rows}, chunks of "
+                f"{self.chunk_rows} rows): the store is corrupt; delete it to start afresh"
+            )
         self.next_row = row
 
     def append(self, block: np.ndarray) -> None:
@@ -72,6 +80,7 @@ class ActivationWriter:
             self._write(final=True)
         if self.next_row != self.array.shape[0]:
             raise IncompleteStoreError(f"{self.path}: closed at row {self.next_row} of {self.array.shape[0]}")
+        seal(self.path)
 
     def _write(self, final: bool) -> None:
         data = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
@@ -87,7 +96,8 @@ class ActivationWriter:
 
 
 def open_store(path: Path | str) -> zarr.Array:
-    """Open a finished store for reading; refuses one whose writer did not finish."""
+    """Open a finished store for reading; refuses one whose writer did not finish, or whose
+    chunks are missing or of the wrong size."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: activation store missing; run the `harvest` stage (dvc repro harvest)")
@@ -97,14 +107,18 @@ def open_store(path: Path | str) -> zarr.Array:
         raise IncompleteStoreError(
             f"{path}: only {committed} of {array.shape[0]} rows committed; rerun `dvc repro harvest` to resume"
         )
+    check(path)
     return array
 
 
 def iter_row_blocks(
     array: zarr.Array, start: int = 0, stop: int | None = None, rows: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first row, block) over rows [start, stop) in chunk-aligned blocks: memory O(rows x d)."""
+    """Yield (first row, block) over rows [start, stop) in chunk-aligned blocks: memory O(rows x d).
+    An empty range is an error: every caller sums over its rows and would divide by zero."""
     stop = array.shape[0] if stop is None else stop
+    if not 0 <= start < stop <= array.shape[0]:
+        raise ValueError(f"{array.store_path}: no rows to read in [{start}, {stop}) of {array.shape[0]}")
     step = rows or array.chunks[0]
     first = start
     while first < stop:

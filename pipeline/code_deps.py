@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import re
 import sys
 from functools import lru_cache
@@ -87,6 +88,16 @@ def closure(module: str, root: Path = ROOT) -> tuple[str, ...]:
     if module not in seen:
         raise FileNotFoundError(f"{module}: no such project module under {root}")
     return tuple(sorted(p.relative_to(root).as_posix() for p in seen.values()))
+
+
+def code_hash(module: str, root: Path = ROOT) -> str:
+    """Hash of the project code `module` runs (the closure its stage lists as deps): a partial
+    result (a store, a checkpoint) written by other code is never resumed."""
+    digest = hashlib.sha256()
+    for path in closure(module, root):
+        digest.update(path.encode())
+        digest.update((root / path).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def stage_modules(dvc_yaml: Path) -> dict[str, str]:

@@ -29,6 +29,7 @@ from pipeline.probes import reconstruct
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.saes import check_sae_fits, load_sae
+from pipeline.store_integrity import open_checked
 
 KINDS = ("sae_output", "activation", "error")
 TARGETS = ("error", "linear_error", "nonlinear_error")
@@ -136,5 +137,5 @@ def open_inputs(cfg: EarlierComponentsConfig, activations: Path, saes_dir: Path,
             raise ValueError(f"{store_path(activations, hook)}: {stores[role].shape[0]} rows, the target store "
                              f"{stores['same_site'].shape[0]}; rerun `dvc repro harvest`")
     target_role = "same_site"
-    probes = zarr.open_group(probes_dir / f"{sae_name(cfg.target, cfg.width)}.zarr", mode="r")
+    probes = open_checked(probes_dir / f"{sae_name(cfg.target, cfg.width)}.zarr")
     return saes, stores, target_role, probes["probe_weight"][:], probes["probe_bias"][:]

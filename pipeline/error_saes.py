@@ -8,8 +8,6 @@ project's own `train_sae`), and scored on the test rows of the component it was 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 import zarr
 from sae_lens import SAE
 
+from pipeline.store_integrity import open_checked, new_group, publish
 from pipeline.activation_store import iter_row_blocks
 from pipeline.analysis_config import ErrorSaesConfig
 from pipeline.judge import top_examples
@@ -45,17 +44,14 @@ def write_components(sae: SAE, acts: zarr.Array, weight: np.ndarray, bias: np.nd
     start, n_train = split.fit_rows.start, split.n_train_rows
     n_rows, d = acts.shape[0] - start, acts.shape[1]
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
+    tmp, group = new_group(out)
     arrays = {name: group.create_array(name, shape=(n_rows, d), chunks=(acts.chunks[0], d), dtype="float32") for name in COMPONENTS}
     for first, x in iter_row_blocks(acts, start, rows=block_rows):
         for name, values in components(sae, x, weight, bias).items():
             arrays[name][first - start : first - start + len(x)] = values
     group.attrs.update({"n_fit_rows": n_train - start, "first_store_row": start})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return zarr.open_group(out, mode="r")
+    publish(tmp, out)
+    return open_checked(out)
 
 
 def score(sae: SAE, values: zarr.Array, first_test_row: int, block_rows: int) -> SaeMetrics:

@@ -2,6 +2,11 @@
 
 The pass stops after the deepest hook fires. Batches are fixed slices of contexts, so a resumed
 run recomputes exactly the same batches and its stores are identical to an uninterrupted run.
+
+The stores are written in a scratch folder (`.scratch/harvest`, which neither git nor DVC
+touches) and moved into the output folder once all are complete. DVC deletes a stage's outputs
+before rerunning it, and `dvc exp run` first checks out the committed ones; partial stores in the
+output folder would be lost either way, so a killed harvest resumes under both.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import ActivationWriter
-from pipeline.code_deps import ROOT, closure
+from pipeline.code_deps import code_hash
 from pipeline.config import HarvestConfig, Hook, LmConfig
 from pipeline.models import (
     checkpoint_fingerprint,
@@ -59,19 +64,9 @@ def validate(cfg: HarvestConfig, lm: LmConfig, model_dir: Path) -> list[Hook]:
     return hooks
 
 
-def _code_hash() -> str:
-    """Hash of the code the harvest stage runs (the same closure dvc.yaml lists as its deps):
-    a partial store written by other code is not resumed."""
-    digest = hashlib.sha256()
-    for path in closure("stages.harvest"):
-        digest.update(path.encode())
-        digest.update((ROOT / path).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _fingerprint(model_dir: Path, tokens: TokenStore, hook: Hook, cfg: HarvestConfig, lm: LmConfig) -> str:
     identity = {
-        "code": _code_hash(),
+        "code": code_hash("stages.harvest"),  # a partial store written by other code is not resumed
         "model": checkpoint_fingerprint(model_dir),
         "tokens": tokens.content_hash,
         "hook": hook.name,
@@ -100,26 +95,43 @@ def _append_all(writers: dict[str, ActivationWriter], blocks: dict[str, np.ndarr
         writers[name].append(block)
 
 
+def _move_into_place(scratch: Path, out_dir: Path, stores: list[Path]) -> None:
+    """Replace `out_dir` by the finished stores (renames, where the scratch folder is on the same disk)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    for store in stores:
+        shutil.move(store, out_dir / store.name)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def harvest(
-    model_dir: Path, token_store: Path, out_dir: Path, cfg: HarvestConfig, lm: LmConfig, progress: bool = True
+    model_dir: Path,
+    token_store: Path,
+    out_dir: Path,
+    cfg: HarvestConfig,
+    lm: LmConfig,
+    scratch: Path,
+    progress: bool = True,
 ) -> HarvestResult:
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    """Write one store per hook into `out_dir`, building them in `scratch` (kept across kills)."""
+    model_dir, out_dir, scratch = Path(model_dir), Path(out_dir), Path(scratch)
     hooks = validate(cfg, lm, model_dir)
     tokens = TokenStore.open(token_store)
     device = resolve_device(lm.device, "lm.device")
     model = load_model(model_dir, lm.compute_dtype, device)
     model_name = checkpoint_info(model_dir)["model"]["name"]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {store_path(out_dir, h).name for h in hooks}
-    for stale in out_dir.glob("*.zarr"):
+    scratch.mkdir(parents=True, exist_ok=True)
+    wanted = {store_path(scratch, h).name for h in hooks}
+    for stale in scratch.iterdir():
         if stale.name not in wanted:  # a hook dropped from the config
-            shutil.rmtree(stale)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     widths = _widths(model, hooks, tokens.bos_token_id, device)
     writers = {
         h.name: ActivationWriter(
-            store_path(out_dir, h),
+            store_path(scratch, h),
             n_rows=tokens.n_rows,
             width=widths[h.name],
             dtype=cfg.store_dtype,
@@ -175,6 +187,7 @@ def harvest(
         writer.close()
     bar.close()
     seconds = time.perf_counter() - started
+    _move_into_place(scratch, out_dir, [store_path(scratch, h) for h in hooks])
     return HarvestResult(
         n_rows=tokens.n_rows, rows_computed=tokens.n_rows - resume_row, resumed_from_row=resume_row, seconds=seconds
     )

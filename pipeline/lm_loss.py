@@ -9,17 +9,15 @@ analysis reads the LM loss there). For row i (a token at position p of its conte
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 from tqdm.auto import tqdm
 
 from pipeline.models import load_model
 from pipeline.tokens import TokenStore
+from pipeline.store_integrity import new_group, publish
 
 
 @torch.no_grad()
@@ -46,12 +44,9 @@ def write_lm_loss(
         current.append(cur[mask].cpu().numpy())
         following.append(nxt[mask].cpu().numpy())
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
+    tmp, group = new_group(out)
     for name, parts in (("loss_current", current), ("loss_next", following)):
         values = np.concatenate(parts).astype(np.float32)
         group.create_array(name, data=values, chunks=(max(1, len(values)),))
     group.attrs.update({"token_store_hash": tokens.content_hash, **tokens.split.as_attrs()})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    publish(tmp, out)

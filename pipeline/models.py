@@ -141,10 +141,24 @@ def load_model(model_dir: Path, dtype: str = "float32", device: str = "cpu"):
     return model
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "tekken.json")
+
+
 def load_tokenizer(model_dir: Path):
+    """The checkpoint's tokenizer; a directory without one is an error that says so (transformers
+    would otherwise fail with a message about sentencepiece, or fall back to something else)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    path = Path(model_dir)
+    if path.is_dir() and not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ConfigError(
+            f"{path}: no tokenizer files (expected one of {list(TOKENIZER_FILES)}); the `model` stage copies them with "
+            f"the weights: check model.path / model.package, then `dvc repro -f -s model`"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: its tokenizer does not load ({str(exc).splitlines()[0]})") from exc
 
 
 def load_model_config(model_dir: Path):

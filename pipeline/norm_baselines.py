@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
+from pipeline.store_integrity import open_checked
 
 SCALAR_BASELINES = ("lm_loss_current", "lm_loss_next", "sae_l0", "x_norm")
 BASELINES = ("token_id_mean", *SCALAR_BASELINES)
@@ -34,8 +35,8 @@ class RowFeatures:
 
     @staticmethod
     def open(token_store: Path, lm_loss: Path, n_rows: int) -> "RowFeatures":
-        tokens = zarr.open_group(token_store, mode="r")
-        losses = zarr.open_group(lm_loss, mode="r")
+        tokens = open_checked(token_store)
+        losses = open_checked(lm_loss)
         if int(losses.attrs.get("n_rows", -1)) != n_rows:
             raise ValueError(
                 f"{lm_loss}: holds {losses.attrs.get('n_rows')} rows, the activation store {n_rows}; "

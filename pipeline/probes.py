@@ -9,8 +9,6 @@ The norm baselines of `pipeline.norm_baselines` are fitted and scored in the sam
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
+from pipeline.store_integrity import new_group, publish
 from pipeline.activation_store import iter_row_blocks
 from pipeline.analysis_config import ProbesConfig
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
@@ -129,9 +128,7 @@ def score_error_probes(
     split = RowSplit.of(acts)
     n_train, n_test = split.n_train_rows, split.n_test_rows
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
+    tmp, group = new_group(out)
     arrays = {name: group.create_array(name, shape=(n_test, d), chunks=(acts.chunks[0], d), dtype="float32") for name in ("linear_error", "nonlinear_error")}
     error, sq_norm, norm, sae_recon, with_linear = (FitScore() for _ in range(5))
     component_scores = {name: FitScore() for name in COMPONENTS}
@@ -169,6 +166,5 @@ def score_error_probes(
     group.create_array("probe_weight", data=fit.W[:, :d].astype(np.float64), chunks=(d, d))
     group.create_array("probe_bias", data=fit.b[:d].astype(np.float64), chunks=(d,))
     group.attrs.update({"first_store_row": n_train, "n_test_rows": n_test, "probes": asdict(cfg), "metrics": asdict(metrics)})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    publish(tmp, out)
     return metrics

@@ -99,6 +99,9 @@ class TrainSaeConfig:
     """Steps without firing after which a latent counts as dead (TopK's aux loss revives them)."""
     log_every: int = 5
     """Steps between points of the training curve."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints of the train_sae stage (0: none); a killed stage resumes from the
+    last one and ends with the same SAE. Kept in .scratch/train_sae, deleted once the SAE is saved."""
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -112,6 +115,8 @@ class TrainSaeConfig:
             raise ConfigError(f"train_sae.lr_decay_fraction: must be in [0, 1], got {self.lr_decay_fraction}")
         if self.init_b_dec not in ("mean", "zeros"):
             raise ConfigError(f"train_sae.init_b_dec: {self.init_b_dec!r} is not one of ['mean', 'zeros']")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"train_sae.checkpoint_every: must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
         if self.shuffle_chunks < 1:
             raise ConfigError(f"train_sae.shuffle_chunks: must be >= 1, got {self.shuffle_chunks}")
         if self.dtype not in DTYPES:

@@ -9,8 +9,6 @@ Group layout (row i = test row i = activation-store row n_train_rows + i):
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
+from pipeline.store_integrity import new_group, publish
 from pipeline.activation_store import iter_row_blocks
 from pipeline.row_split import RowSplit
 
@@ -87,9 +86,7 @@ def write_sae_outputs(
     n_train_rows = RowSplit.of(acts).n_train_rows
     n_test, d = acts.shape[0] - n_train_rows, acts.shape[1]
     chunk = acts.chunks[0]
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
+    tmp, group = new_group(out)
     dense = {name: group.create_array(name, shape=(n_test, d), chunks=(chunk, d), dtype="float32") for name in ("x_hat", "error")}
     per_token = {
         name: group.create_array(name, shape=(n_test,), chunks=(max(chunk, 65536),), dtype=dtype)
@@ -126,6 +123,5 @@ def write_sae_outputs(
     group.create_array("latent_indptr", data=indptr, chunks=(max(1, len(indptr)),))
     result = metrics.result()
     group.attrs.update({**attrs, "n_test_rows": n_test, "first_store_row": n_train_rows, "metrics": result.as_dict()})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    publish(tmp, out)
     return result, n_test / seconds if seconds > 0 else float("nan")

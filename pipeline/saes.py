@@ -7,9 +7,10 @@ sae-dashboard) read.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError, Hook
 from pipeline.models import resolve_device
+from pipeline.sae_checkpoints import Checkpoints, run_key
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
 
 
@@ -45,26 +47,73 @@ def build_training_sae(cfg: SaeSetConfig, d_in: int, width: int, dtype: str, dev
     )
 
 
-def shuffled_batches(store: zarr.Array, n_rows: int, batch_size: int, shuffle_chunks: int, seed: int) -> Iterator[torch.Tensor]:
+def shuffled_batches(
+    store: zarr.Array, n_rows: int, batch_size: int, shuffle_chunks: int, seed: int, skip_batches: int = 0
+) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d) batches of rows [0, n_rows), reshuffled every epoch.
 
     Reads whole chunks in a seeded random order, `shuffle_chunks` at a time, and shuffles rows
     within that buffer: memory is O(shuffle_chunks x chunk rows x d), whatever n_rows is.
+    The order depends only on the seed and the sizes, so `skip_batches` resumes the same stream
+    after that many batches without reading the skipped rows.
     """
+    if n_rows < batch_size:
+        raise ValueError(
+            f"{store.store_path}: {n_rows} training rows are fewer than one batch of {batch_size} "
+            f"(train_sae.batch_size); use more tokens (tokens.n_contexts) or a smaller batch"
+        )
     rng = np.random.default_rng(seed)
     chunk = store.chunks[0]
     starts = np.arange(0, n_rows, chunk)
-    carry = np.empty((0, store.shape[1]), dtype=store.dtype)
+    carry_rows = np.empty(0, dtype=np.int64)
+    carry: np.ndarray | None = np.empty((0, store.shape[1]), dtype=store.dtype)  # None: not read (skipped)
+    produced = 0
     while True:
         order = rng.permutation(starts)
         for group in range(0, len(order), shuffle_chunks):
-            blocks = [store[s : min(s + chunk, n_rows)] for s in order[group : group + shuffle_chunks]]
-            buffer = np.concatenate([carry, *blocks])
-            buffer = buffer[rng.permutation(len(buffer))]
-            n_full = len(buffer) // batch_size * batch_size
-            for first in range(0, n_full, batch_size):
-                yield torch.from_numpy(np.ascontiguousarray(buffer[first : first + batch_size]))
-            carry = buffer[n_full:]
+            group_starts = order[group : group + shuffle_chunks]
+            rows = np.concatenate([carry_rows, *(np.arange(s, min(s + chunk, n_rows)) for s in group_starts)])
+            permutation = rng.permutation(len(rows))
+            n_full = len(rows) // batch_size * batch_size
+            n_batches = n_full // batch_size
+            if produced + n_batches <= skip_batches:
+                produced += n_batches
+                carry_rows, carry = rows[permutation][n_full:], None
+                continue
+            if carry is None:
+                carry = _read_rows(store, carry_rows)
+            blocks = [store[s : min(s + chunk, n_rows)] for s in group_starts]
+            buffer = np.concatenate([carry, *blocks])[permutation]
+            for index in range(n_batches):
+                if produced + index >= skip_batches:
+                    first = index * batch_size
+                    yield torch.from_numpy(np.ascontiguousarray(buffer[first : first + batch_size]))
+            produced += n_batches
+            carry_rows, carry = rows[permutation][n_full:], buffer[n_full:]
+
+
+def _read_rows(store: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """store[rows] in the given order (one sorted orthogonal read)."""
+    if not len(rows):
+        return np.empty((0, store.shape[1]), dtype=store.dtype)
+    order = np.argsort(rows)
+    out = np.empty((len(rows), store.shape[1]), dtype=store.dtype)
+    out[order] = store.oindex[rows[order], :]
+    return out
+
+
+class CountedBatches:
+    """An iterator that counts what it has handed out (how far a checkpoint is into the stream)."""
+
+    def __init__(self, batches: Iterator[torch.Tensor], consumed: int = 0):
+        self.batches, self.consumed = batches, consumed
+
+    def __iter__(self) -> "CountedBatches":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        self.consumed += 1
+        return next(self.batches)
 
 
 @dataclass
@@ -85,12 +134,25 @@ def train_sae(
     train: TrainSaeConfig,
     metadata: dict,
     progress: bool = True,
+    checkpoints: Path | None = None,
 ) -> tuple[SAE, list[CurvePoint]]:
-    """Train one SAE on the store's train rows; returns the inference SAE and its training curve."""
+    """Train one SAE on the store's train rows; returns the inference SAE and its training curve.
+
+    With `checkpoints` (a folder) and `train.checkpoint_every` > 0, the state is saved every that
+    many steps and a rerun resumes from the last checkpoint, ending with the same SAE."""
     device = str(resolve_device(train.device, key="train_sae.device"))
     torch.manual_seed(train.seed)  # sae-lens does not seed torch
     sae = build_training_sae(cfg, store.shape[1], width, train.dtype, device)
     decay_steps = int(train.steps * train.lr_decay_fraction)
+    saver = None
+    if checkpoints is not None and train.checkpoint_every > 0:
+        saver = Checkpoints(checkpoints, run_key(store, n_train_rows, width, cfg, train, metadata))
+    resume = saver.latest() if saver else None
+    batches = CountedBatches(
+        shuffled_batches(store, n_train_rows, train.batch_size, train.shuffle_chunks, train.seed,
+                         skip_batches=resume.batches_consumed if resume else 0),
+        consumed=resume.batches_consumed if resume else 0,
+    )
     trainer = SAETrainer(
         SAETrainerConfig(
             total_training_samples=train.steps * train.batch_size,
@@ -106,22 +168,30 @@ def train_sae(
             n_batches_for_norm_estimate=min(50, max(1, n_train_rows // train.batch_size)),
         ),
         sae,
-        data_provider=shuffled_batches(store, n_train_rows, train.batch_size, train.shuffle_chunks, train.seed),
+        data_provider=batches,
     )
-    if cfg.normalize_activations == "expected_average_only_in":
-        trainer.activation_scaler.estimate_scaling_factor(
-            d_in=sae.cfg.d_in,
-            data_provider=trainer.data_provider,
-            n_batches_for_norm_estimate=trainer.cfg.n_batches_for_norm_estimate,
-        )
-    if train.init_b_dec == "mean":
-        _init_b_dec_to_mean(trainer, n_batches=trainer.cfg.n_batches_for_norm_estimate)
     curve: list[CurvePoint] = []
-    for step in tqdm(range(train.steps), desc=f"train SAE w={width}", unit="step", disable=not progress):
+    if resume:
+        curve = [CurvePoint(**point) for point in resume.restore(trainer)]
+    else:
+        if cfg.normalize_activations == "expected_average_only_in":
+            trainer.activation_scaler.estimate_scaling_factor(
+                d_in=sae.cfg.d_in,
+                data_provider=trainer.data_provider,
+                n_batches_for_norm_estimate=trainer.cfg.n_batches_for_norm_estimate,
+            )
+        if train.init_b_dec == "mean":
+            _init_b_dec_to_mean(trainer, n_batches=trainer.cfg.n_batches_for_norm_estimate)
+    first_step = trainer.n_training_steps
+    steps = tqdm(range(first_step, train.steps), desc=f"train SAE w={width}", unit="step", disable=not progress,
+                 initial=first_step, total=train.steps)
+    for step in steps:
         out = trainer.step(next(trainer.data_provider))
         trainer.n_training_steps += 1
         if step % train.log_every == 0 or step == train.steps - 1:
             curve.append(_curve_point(trainer, out, step))
+        if saver and trainer.n_training_steps % train.checkpoint_every == 0 and trainer.n_training_steps < train.steps:
+            saver.save(trainer, batches.consumed, [asdict(point) for point in curve])
     if trainer.activation_scaler.scaling_factor is not None:
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     trainer.set_final_sae_metadata()
@@ -164,6 +234,9 @@ def save_sae(sae: SAE, out_dir: Path) -> None:
         sae.save_inference_model(tmp)
     else:
         sae.save_model(tmp)
+    # sae-lens writes the keys in a varying order: sorted, an identical SAE gets an identical DVC hash.
+    cfg_file = tmp / "cfg.json"
+    cfg_file.write_text(json.dumps(json.loads(cfg_file.read_text()), sort_keys=True, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 

@@ -16,8 +16,6 @@ Layout of the store (a Zarr group):
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -25,10 +23,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import zarr
 
 from pipeline.config import ConfigError, DataConfig, TokensConfig
 from pipeline.row_split import RowSplit
+from pipeline.store_integrity import open_checked, new_group, publish
 
 TOKENIZE_BATCH = 256
 
@@ -105,6 +103,33 @@ def scored_mask(contexts: np.ndarray, first_scored: int, bos_id: int) -> np.ndar
     return mask
 
 
+MIN_TOKEN_SHARE = 0.5
+"""Below this share of real tokens among the scored positions (the rest being document
+separators), the documents average under two tokens: the text or the tokenizer is broken."""
+
+
+def check_scored_rows(mask: np.ndarray, first_scored: int, n_train: int, n_sae: int, source: str) -> None:
+    """Fail, saying why, when the contexts give fewer scored rows than the configuration asks
+    for: every split needs rows, and most scored positions must hold a token, not a separator."""
+    positions = mask.shape[0] * (mask.shape[1] - first_scored)
+    scored = int(mask.sum())
+    if scored < MIN_TOKEN_SHARE * positions:
+        raise ConfigError(
+            f"tokens: only {scored} of {positions} scored positions hold a token; the rest are document separators, "
+            f"so data ({source}) gives documents of under two tokens each. The corpus is empty or nearly so, the "
+            f"tokenizer yields no tokens for it, or data.min_words filters out nearly everything"
+        )
+    splits = {"SAE training": mask[:n_sae], "analysis fitting": mask[n_sae:n_train], "test": mask[n_train:]}
+    for name, rows in splits.items():
+        if len(rows) and not rows.any():
+            raise ConfigError(
+                f"tokens: the {name} contexts have no scored token; raise tokens.n_contexts or tokens.context_length, "
+                f"or lower tokens.skip_positions"
+            )
+    if not splits["test"].any():
+        raise ConfigError("tokens: no test contexts; raise tokens.test_fraction or tokens.n_contexts")
+
+
 @dataclass(frozen=True)
 class TokenStore:
     """Read side of a token store."""
@@ -155,7 +180,7 @@ class TokenStore:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: token store missing; run the `tokens` stage first (dvc repro tokens)")
-        group = zarr.open_group(path, mode="r")
+        group = open_checked(path)
         attrs = dict(group.attrs)
         return TokenStore(
             path=path,
@@ -182,13 +207,12 @@ def write_token_store(
     first = tokens_cfg.first_scored_position
     n_ctx, length = contexts.shape
     mask = scored_mask(contexts, first, bos_id)
+    check_scored_rows(mask, first, n_train, n_sae, data_cfg.name)
     rows_context, rows_position = np.nonzero(mask)  # row-major: context, then position
     rows_token = contexts[mask]
     digest = content_hash(contexts, n_train, first, bos_id, n_sae)
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
+    tmp, group = new_group(out)
     group.create_array("contexts", data=contexts, chunks=contexts.shape)
     rows = group.create_group("rows")
     for name, values in (("context", rows_context), ("position", rows_position), ("token", rows_token)):
@@ -211,6 +235,5 @@ def write_token_store(
             "python": sys.version.split()[0],
         }
     )
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    publish(tmp, out)
     return TokenStore.open(out)

@@ -1,19 +1,31 @@
-"""Shared plumbing for stage scripts: logging of what a stage read, wrote and how long it took."""
+"""Shared plumbing for stage scripts: logging of what a stage read, wrote and how long it took,
+and the writers of metrics files (finite numbers only, at a fixed precision)."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
+import math
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from pipeline.config import ConfigError
 
 log = logging.getLogger("stage")
+
+SIGNIFICANT_DIGITS = 6
+"""Metrics are written at this precision: far above run-to-run noise (a rerun from scratch moves
+only the last of ~16 digits), so a rerun rewrites identical files and `dvc metrics diff` shows
+only real changes."""
+
+
+class NonFiniteMetricError(ValueError):
+    """A metric about to be written is NaN or infinite."""
 
 
 @contextmanager
@@ -27,10 +39,49 @@ def stage(name: str, reads: list[str], writes: list[str]) -> Iterator[None]:
     except ConfigError as exc:
         log.error("%s: configuration error: %s", name, exc)
         sys.exit(2)
+    except NonFiniteMetricError as exc:
+        log.error("%s: %s; nothing was written. Its inputs: %s. Check them (python -m pipeline.store_integrity "
+                  "verifies the stores' checksums)", name, exc, ", ".join(reads))
+        sys.exit(3)
     log.info("%s: wrote %s in %.1f s", name, ", ".join(writes), time.perf_counter() - started)
 
 
+def rounded(value: Any, where: str) -> Any:
+    """`value` with every float at SIGNIFICANT_DIGITS; raises on NaN or infinity, naming `where`."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NonFiniteMetricError(f"{where} is {value}")
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar
+        return rounded(value.item(), where)
+    return value
+
+
 def write_json(path: Path | str, payload: dict) -> None:
+    """A metrics file: finite numbers only, SIGNIFICANT_DIGITS each (checked before anything is written)."""
+    path = Path(path)
+    text = json.dumps(rounded(payload, str(path)), indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_csv(path: Path | str, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A plot's table: like write_json, every number finite and at SIGNIFICANT_DIGITS ("" = no value)."""
+    path = Path(path)
+    checked = [[rounded(v, f"{path}: row {i}, column {header[j]}") for j, v in enumerate(row)] for i, row in enumerate(rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(checked)
+
+
+def write_log(path: Path | str, payload: dict) -> None:
+    """Run facts that vary between runs (timings, resume points): a log, never a committed metric."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")

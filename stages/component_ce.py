@@ -4,7 +4,6 @@ beside the % variance each restores and its share of the error norm."""
 import argparse
 from pathlib import Path
 
-import zarr
 
 from pipeline.component_ce import component_ce
 from pipeline.config import Hook
@@ -14,6 +13,7 @@ from pipeline.plots import grouped_bars
 from pipeline.sae_config import sae_name
 from pipeline.saes import load_sae
 from pipeline.tokens import TokenStore
+from pipeline.store_integrity import open_checked
 from stages.common import stage, write_json
 
 
@@ -34,7 +34,7 @@ def main() -> None:
         for hook in cfg.hooks:
             for width in cfg.widths:
                 name = sae_name(hook, width)
-                probes = zarr.open_group(args.probes / f"{name}.zarr", mode="r")
+                probes = open_checked(args.probes / f"{name}.zarr")
                 results[name] = r = component_ce(
                     model, load_sae(args.saes / name, device=device), Hook.parse(hook, "component_ce.hooks"),
                     probes["probe_weight"][:], probes["probe_bias"][:], tokens.contexts[test_contexts], tokens.mask[test_contexts],

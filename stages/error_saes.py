@@ -2,11 +2,9 @@
 of the same architecture, width and k on the linear error, nonlinear error and error of an SAE, and
 compare them on test tokens."""
 
-import csv
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import zarr
 
 from pipeline.activation_store import open_store
 from pipeline.error_saes import COMPONENTS, judge_score, score, write_components
@@ -17,7 +15,8 @@ from pipeline.plots import new_figure, save
 from pipeline.params_check import load_checked_params
 from pipeline.saes import CurvePoint, check_sae_fits, load_sae, save_sae, train_sae
 from pipeline.tokens import TokenStore
-from stages.common import per_sae_arguments, stage, write_json
+from pipeline.store_integrity import open_checked
+from stages.common import per_sae_arguments, stage, write_json, write_csv
 
 
 def draw(curves: dict[str, list[CurvePoint]], metrics: dict, name: str, path: Path) -> Path:
@@ -46,7 +45,7 @@ def main() -> None:
         acts = open_store(store)
         sae = load_sae(args.sae, device=str(resolve_device(train.device, "train_sae.device")))
         check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
-        probes = zarr.open_group(args.probes, mode="r")
+        probes = open_checked(args.probes)
         args.out.mkdir(parents=True, exist_ok=True)
         group = write_components(sae, acts, probes["probe_weight"][:], probes["probe_bias"][:], args.out / "components.zarr", cfg.block_rows)
         n_fit = int(group.attrs["n_fit_rows"])
@@ -66,12 +65,9 @@ def main() -> None:
                 )
             print(f"error_saes {args.sae.name} {component}: FVU {results[component]['fvu']:.4f}, "
                   f"L0 {results[component]['l0']:.1f}, dead {results[component]['dead_fraction']:.1%}")
-        args.curves.mkdir(parents=True, exist_ok=True)
+        header = [f.name for f in fields(CurvePoint)]
         for component, curve in curves.items():
-            with open(args.curves / f"{component}.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(CurvePoint)])
-                writer.writeheader()
-                writer.writerows(asdict(p) for p in curve)
+            write_csv(args.curves / f"{component}.csv", header, ([getattr(p, h) for h in header] for p in curve))
         write_json(args.metrics, {f"fvu_on_{c}": results[c]["fvu"] for c in COMPONENTS} | {"by_component": results})
         draw(curves, results, args.sae.name, args.figure)
 

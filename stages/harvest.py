@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from pipeline.params_check import load_checked_params
 from pipeline.harvest import harvest
-from stages.common import stage, write_json
+from pipeline.params_check import load_checked_params
+from stages.common import stage, write_json, write_log
 
 
 def main() -> None:
@@ -13,7 +13,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--tokens", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scratch", type=Path, required=True, help="where partial stores wait (kept across kills)")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--log", type=Path, required=True, help="timings and resume point (not a metric: not committed)")
     args = parser.parse_args()
     with stage(
         "harvest",
@@ -22,11 +24,11 @@ def main() -> None:
     ):
         params = load_checked_params()
         cfg = params.harvest
-        result = harvest(args.model, args.tokens, args.out, cfg, params.lm)
-        write_json(
-            args.metrics,
+        result = harvest(args.model, args.tokens, args.out, cfg, params.lm, scratch=args.scratch)
+        write_json(args.metrics, {"rows": result.n_rows, "hooks": len(cfg.hooks)})
+        write_log(
+            args.log,
             {
-                "rows": result.n_rows,
                 "rows_computed": result.rows_computed,
                 "resumed_from_row": result.resumed_from_row,
                 "seconds": round(result.seconds, 2),

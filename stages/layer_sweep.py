@@ -2,7 +2,6 @@
 in `interventions.hooks`) and the attention-z replication, from the `interventions` metrics."""
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from pipeline.params_check import load_checked_params
 from pipeline.plots import new_figure, save
 from pipeline.published import published_range, published_text
 from pipeline.sae_config import sae_name
-from stages.common import stage, write_json
+from stages.common import stage, write_json, write_csv
 
 
 
@@ -34,11 +33,8 @@ def main() -> None:
                     "kl_substitution": m["interventions"]["substitution"]["kl"], "kl_epsilon_random": m["interventions"]["epsilon_random"]["kl"],
                     "ce_score": m["ce_score"],
                 })
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.plot, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(r for r in rows if r["site"] in ("resid_post", "resid_pre"))
+        header = list(rows[0])
+        write_csv(args.plot, header, ([r[h] for h in header] for r in rows if r["site"] in ("resid_post", "resid_pre")))
         fig, ax = new_figure()
         for width in cfg.widths:
             for site, marker in (("resid_post", "o-"), ("resid_pre", "^-"), ("mlp_out", "s"), ("attn_z", "D")):

@@ -2,7 +2,6 @@
 stacked error bands, per-token scaling heatmaps and the latent-vs-probe comparison."""
 
 import argparse
-import csv
 import json
 import logging
 from pathlib import Path
@@ -19,14 +18,15 @@ from pipeline.params_check import load_checked_params
 from pipeline.sae_config import sae_name
 from pipeline.saes import load_sae
 from pipeline.scaling import BANDS, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
-from stages.common import stage, write_json
+from pipeline.store_integrity import open_checked
+from stages.common import stage, write_json, write_csv
 
 log = logging.getLogger("stage")
 
 
 def split_row(tokens: Path) -> int:
     """The test row (counted from the first test row) where the second half of the test contexts starts."""
-    group = zarr.open_group(tokens, mode="r")
+    group = open_checked(tokens)
     contexts = group["rows/context"][RowSplit.of(group).test_rows]
     middle = np.unique(contexts)[len(np.unique(contexts)) // 2]
     return int(np.searchsorted(contexts, middle))
@@ -110,11 +110,11 @@ def main() -> None:
             law = fit_power_law(widths, fvu) if len(widths) >= cfg.min_widths_for_fit else None
             if law is None:
                 log.info("scaling %s: %d widths < scaling.min_widths_for_fit=%d, no power-law fit", hook, len(widths), cfg.min_widths_for_fit)
-            outputs = [zarr.open_group(args.sae_outputs / f"{n}.zarr", mode="r") for n in names]
+            outputs = [open_checked(args.sae_outputs / f"{n}.zarr") for n in names]
             acts = open_store(store_path(args.activations, hook))
             split = split_row(args.tokens)
             error_norms = [o["error_norm"][:].astype(np.float64) for o in outputs]
-            nonlinear_norms = [row_norms(zarr.open_group(args.probes / f"{n}.zarr", mode="r")["nonlinear_error"], cfg.block_rows) for n in names]
+            nonlinear_norms = [row_norms(open_checked(args.probes / f"{n}.zarr")["nonlinear_error"], cfg.block_rows) for n in names]
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, split)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
@@ -122,12 +122,8 @@ def main() -> None:
 
             pursuit = {i: json.loads(p.read_text()) for i, n in enumerate(names) if (p := args.metrics_dir / "pursuit" / f"{n}.json").exists()}
             bands = error_bands(fvu, nonlinear, law.c if law else np.inf, pursuit)
-            args.plots.mkdir(parents=True, exist_ok=True)
-            with open(args.plots / f"{hook}.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["width", "fvu", "fvu_fit", "nonlinear_fvu", *BANDS])
-                for i, w in enumerate(widths):
-                    writer.writerow([w, fvu[i], law(w) if law else "", nonlinear[i], *(bands[b][i] for b in BANDS)])
+            write_csv(args.plots / f"{hook}.csv", ["width", "fvu", "fvu_fit", "nonlinear_fvu", *BANDS],
+                      ([w, fvu[i], law(w) if law else "", nonlinear[i], *(bands[b][i] for b in BANDS)] for i, w in enumerate(widths)))
             draw_bands(hook, widths, fvu, bands, law, args.figures / f"{hook}-bands.png")
             draw_per_token(hook, widths, r2, gain, args.figures / f"{hook}-per_token.png")
             draw_latent_probe(hook, latent, cfg.smoothing_latents, args.figures / f"{hook}-latent_vs_probe.png")

@@ -2,7 +2,6 @@
 sizes and masked latents: FVU table, correlations, figure."""
 
 import argparse
-import csv
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from pipeline.sae_config import sae_name
 from pipeline.saes import check_sae_fits, load_sae
 from pipeline.analysis_config import SyntheticConfig
 from pipeline.synthetic import correlations, linear_share_of_added_error, run_grid
-from stages.common import stage, write_json
+from stages.common import stage, write_json, write_csv
 
 
 def draw(points, cfg: SyntheticConfig, path: Path) -> Path:
@@ -58,12 +57,8 @@ def main() -> None:
         test = acts[split.test_rows.start : min(split.test_rows.start + cfg.test_rows, split.test_rows.stop)]
         points = run_grid(sae, train, test, cfg)
 
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.table, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*asdict(points[0]), "linear_fvu"])
-            writer.writeheader()
-            for p in points:
-                writer.writerow({**asdict(p), "linear_fvu": p.linear_fvu})
+        header = [*asdict(points[0]), "linear_fvu"]
+        write_csv(args.table, header, ([*asdict(p).values(), p.linear_fvu] for p in points))
         corr = correlations(points)
         shares = linear_share_of_added_error(points)
         write_json(args.metrics, {**corr, "linear_share_of_added_error": shares, "train_rows": len(train), "test_rows": len(test)})

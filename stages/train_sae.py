@@ -1,8 +1,8 @@
 """DVC stage `train_sae` (one per hook x width): train an SAE with sae-lens, or fetch a pretrained one."""
 
 import argparse
-import csv
-from dataclasses import asdict, fields
+import shutil
+from dataclasses import fields
 from pathlib import Path
 
 from pipeline.activation_store import open_store
@@ -11,7 +11,7 @@ from pipeline.harvest import store_path
 from pipeline.row_split import RowSplit
 from pipeline.params_check import load_checked_params
 from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae
-from stages.common import stage
+from stages.common import stage, write_csv
 
 
 def main() -> None:
@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--activations", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--curve", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, help="where training checkpoints wait (kept across kills)")
     args = parser.parse_args()
     store = store_path(args.activations, args.hook)
     with stage("train_sae", reads=["params.yaml:sae,train_sae", str(store)], writes=[str(args.out), str(args.curve)]):
@@ -33,13 +34,13 @@ def main() -> None:
             sae = load_pretrained(cfg, hook, args.width, d_in=acts.shape[1])
             curve: list[CurvePoint] = []
         else:
-            sae, curve = train_sae(acts, RowSplit.of(acts).sae_train_rows.stop, args.width, cfg, train, metadata)
+            sae, curve = train_sae(acts, RowSplit.of(acts).sae_train_rows.stop, args.width, cfg, train, metadata,
+                                   checkpoints=args.checkpoints)
+        header = [f.name for f in fields(CurvePoint)]
+        write_csv(args.curve, header, ([getattr(point, h) for h in header] for point in curve))
         save_sae(sae, args.out)
-        args.curve.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.curve, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(CurvePoint)])
-            writer.writeheader()
-            writer.writerows(asdict(point) for point in curve)
+        if args.checkpoints:
+            shutil.rmtree(args.checkpoints, ignore_errors=True)
         if curve:
             last = curve[-1]
             print(f"train_sae {hook.name} w={args.width}: {last.tokens} tokens, explained variance {last.explained_variance:.3f}, "
