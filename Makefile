@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser repro test bench clean-venv
+.PHONY: install browser repro test verify bench clean-venv
 
 install: $(STAMP)
 
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 export PATH := $(abspath $(BIN)):$(PATH)
 
 repro: install
+	$(BIN)/python -m pipeline.dvc_lock
 	$(BIN)/dvc repro
 	@echo "Report: $(abspath reports/index.html)   (metrics: $(BIN)/dvc metrics show; curves: $(BIN)/dvc plots show)"
 
@@ -37,6 +38,10 @@ browser:
 # The full suite (every tier). Day to day, `.venv/bin/pytest` runs the fast tier only (no DAG).
 test: install browser
 	$(BIN)/python -m pytest -q -m "" --durations=25
+
+# Recompute every chunk checksum of every store under artifacts/ (the stages check only sizes).
+verify: install
+	$(BIN)/python -m pipeline.store_integrity artifacts
 
 bench: install
 	$(BIN)/python benchmarks/harvest_throughput.py

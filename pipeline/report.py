@@ -58,9 +58,14 @@ class ReportInputs:
         paths = {name: self.metrics / relative / f"{name}.json" for name in self.sae_names(section)}
         return by_sae_order({name: json.loads(p.read_text()) for name, p in paths.items() if p.exists()})
 
-    def figure_files(self, pattern: str) -> list[Path]:
-        """Figures of a stage's own output (a file, or a folder the stage rewrites whole)."""
-        return sorted(self.figures.glob(pattern), key=lambda p: _hook_order(p.stem))
+    def figure_files(self, *relative: str) -> list[Path]:
+        """The named figures (paths under the figures folder) that exist, in the order given."""
+        return [path for name in relative if (path := self.figures / name).exists()]
+
+    def per_hook_figures(self, relative: str, section: str, suffixes: tuple[str, ...]) -> list[Path]:
+        """`<relative>/<hook><suffix>.png` for each hook that `section` names, in layer order."""
+        hooks = sorted(self.param(f"{section}.hooks") or [], key=_hook_order)
+        return self.figure_files(*(f"{relative}/{hook}{suffix}.png" for hook in hooks for suffix in suffixes))
 
     def per_sae_figures(self, relative: str, section: str) -> list[Path]:
         """The per-SAE figures under `relative` of the SAEs `section` names."""
@@ -192,7 +197,7 @@ def linear_error_section(inputs: ReportInputs) -> Section | None:
         "Error-vector R² is the share of the SAE error's variance that a linear map from the activation x predicts "
         "on test tokens; the nonlinear FVU is the error left after adding that prediction back, FVU(x, x̂ + ê).",
         tables=[Table(["hook", "width", "error-vector R²", "‖e‖ R²", "best baseline for ‖e‖ (widest)", "SAE FVU", "nonlinear FVU"], rows)],
-        figures=inputs.figure_files("probes/*.png"),
+        figures=inputs.figure_files("probes/by_width.png", "probes/component_norms.png", "probes/norm_baselines.png"),
         config_keys=["probes.bias", "probes.ridge", "tokens.sae_fraction"],
     )
 
@@ -214,7 +219,7 @@ def scaling_section(inputs: ReportInputs) -> Section | None:
         "c is the FVU that the power law FVU(W) = c + a·W^-m predicts no width removes; per-token R² says how well a "
         "token's error norm at a small width predicts it at a larger one, and the gain how much its nonlinear error adds.",
         tables=[Table(["hook", "c", "a", "m", "per-token R² (all width pairs)", "largest gain from ‖n_i‖"], rows)],
-        figures=inputs.figure_files("scaling/*.png"),
+        figures=inputs.per_hook_figures("scaling", "sae", ("-bands", "-latent_vs_probe", "-per_token")),
         config_keys=["sae.hooks", "sae.widths", "sae.k", "pursuit.hooks", "pursuit.widths"],
     )
 

@@ -84,7 +84,7 @@ def remove_partials(path: Path | str) -> int:
 
 def repair_hint(path: Path) -> str:
     return (
-        f"restore the committed copy with `dvc checkout {path}` (from the DVC cache), or rebuild it with "
+        f"restore the committed copy from the DVC cache with `dvc checkout --force {path}`, or rebuild it with "
         f"`dvc repro` (add `-f -s <stage>` if DVC thinks it is up to date)"
     )
 
