@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import zarr
 
-from pipeline.store_integrity import check, remove_partials, seal
+from pipeline.store_integrity import StoreDamagedError, check, remove_partials, repair_hint, seal
 
 
 class IncompleteStoreError(RuntimeError):
@@ -101,7 +101,10 @@ def open_store(path: Path | str) -> zarr.Array:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: activation store missing; run the `harvest` stage (dvc repro harvest)")
-    array = zarr.open_array(path, mode="r")
+    try:
+        array = zarr.open_array(path, mode="r")
+    except Exception as exc:  # zarr raises several kinds, none naming the file
+        raise StoreDamagedError(f"{path}: unreadable Zarr metadata ({exc}); {repair_hint(path)}") from exc
     committed = int(array.attrs.get("committed_rows", -1))
     if committed != array.shape[0]:
         raise IncompleteStoreError(

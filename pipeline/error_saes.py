@@ -15,12 +15,12 @@ import torch
 import zarr
 from sae_lens import SAE
 
-from pipeline.store_integrity import open_checked, new_group, publish
 from pipeline.activation_store import iter_row_blocks
 from pipeline.analysis_config import ErrorSaesConfig
 from pipeline.judge import top_examples
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import MetricAccumulator, SaeMetrics, encode_decode
+from pipeline.store_integrity import new_group, open_checked, publish
 
 COMPONENTS = ("linear_error", "nonlinear_error", "error")
 """ê = xW + b, n = e − ê and e (docs/science.md, "Notation"): the targets of the three SAEs."""

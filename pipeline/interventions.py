@@ -126,7 +126,8 @@ def summarise(results: TokenResults, cfg: InterventionsConfig) -> dict:
     """The metrics JSON of one SAE.
 
     Documented edge values: a ratio whose denominator is 0 (e.g. an epsilon_random KL of 0,
-    which a perfect SAE gives) is inf, or NaN when the numerator is 0 too; the z-score keys are
+    which a perfect SAE gives) is inf, or NaN when the numerator is 0 too, and the stage then
+    stops rather than write it (metrics files hold finite numbers only); the z-score keys are
     present only with `n_draws` >= 2 (the config refuses 1). Every per-token KL must be finite:
     a NaN or inf (an overflowing forward pass) raises, naming the intervention."""
     for name, kl in results.kl.items():

@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.models import load_model
-from pipeline.tokens import TokenStore
 from pipeline.store_integrity import new_group, publish
+from pipeline.tokens import TokenStore
 
 
 @torch.no_grad()

@@ -18,13 +18,13 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.store_integrity import new_group, publish
 from pipeline.activation_store import iter_row_blocks
 from pipeline.analysis_config import ProbesConfig
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
 from pipeline.norm_baselines import BaselineScores, NormBaselines, RowFeatures
 from pipeline.row_split import RowSplit
 from pipeline.sae_outputs import encode_decode
+from pipeline.store_integrity import new_group, publish
 
 
 @dataclass

@@ -19,9 +19,9 @@ import zarr
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.store_integrity import new_group, publish
 from pipeline.activation_store import iter_row_blocks
 from pipeline.row_split import RowSplit
+from pipeline.store_integrity import new_group, publish
 
 
 @dataclass

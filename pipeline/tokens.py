@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.config import ConfigError, DataConfig, TokensConfig
 from pipeline.row_split import RowSplit
-from pipeline.store_integrity import open_checked, new_group, publish
+from pipeline.store_integrity import new_group, open_checked, publish
 
 TOKENIZE_BATCH = 256
 

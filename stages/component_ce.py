@@ -12,8 +12,8 @@ from pipeline.params_check import load_checked_params
 from pipeline.plots import grouped_bars
 from pipeline.sae_config import sae_name
 from pipeline.saes import load_sae
-from pipeline.tokens import TokenStore
 from pipeline.store_integrity import open_checked
+from pipeline.tokens import TokenStore
 from stages.common import stage, write_json
 
 

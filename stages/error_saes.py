@@ -11,12 +11,12 @@ from pipeline.error_saes import COMPONENTS, judge_score, score, write_components
 from pipeline.harvest import store_path
 from pipeline.judge import load_judge
 from pipeline.models import load_tokenizer, resolve_device
-from pipeline.plots import new_figure, save
 from pipeline.params_check import load_checked_params
+from pipeline.plots import new_figure, save
 from pipeline.saes import CurvePoint, check_sae_fits, load_sae, save_sae, train_sae
-from pipeline.tokens import TokenStore
 from pipeline.store_integrity import open_checked
-from stages.common import per_sae_arguments, stage, write_json, write_csv
+from pipeline.tokens import TokenStore
+from stages.common import per_sae_arguments, stage, write_csv, write_json
 
 
 def draw(curves: dict[str, list[CurvePoint]], metrics: dict, name: str, path: Path) -> Path:

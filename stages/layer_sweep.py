@@ -10,7 +10,7 @@ from pipeline.params_check import load_checked_params
 from pipeline.plots import new_figure, save
 from pipeline.published import published_range, published_text
 from pipeline.sae_config import sae_name
-from stages.common import stage, write_json, write_csv
+from stages.common import stage, write_csv, write_json
 
 
 

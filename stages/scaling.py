@@ -12,14 +12,14 @@ import zarr
 from pipeline.activation_store import iter_row_blocks, open_store
 from pipeline.harvest import store_path
 from pipeline.models import resolve_device
+from pipeline.params_check import load_checked_params
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit
-from pipeline.params_check import load_checked_params
 from pipeline.sae_config import sae_name
 from pipeline.saes import load_sae
 from pipeline.scaling import BANDS, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
 from pipeline.store_integrity import open_checked
-from stages.common import stage, write_json, write_csv
+from stages.common import stage, write_csv, write_json
 
 log = logging.getLogger("stage")
 

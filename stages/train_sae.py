@@ -8,8 +8,8 @@ from pathlib import Path
 from pipeline.activation_store import open_store
 from pipeline.config import Hook
 from pipeline.harvest import store_path
-from pipeline.row_split import RowSplit
 from pipeline.params_check import load_checked_params
+from pipeline.row_split import RowSplit
 from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae
 from stages.common import stage, write_csv
 

@@ -109,3 +109,11 @@ def test_zarr_temporary_files_are_removed_on_resume_and_never_sealed(tmp_path):
     resumed.close()
     assert not list(path.rglob("*.partial"))
     np.testing.assert_array_equal(open_store(path)[:], data)
+
+
+def test_corrupt_metadata_names_the_store(store):
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "arr')
+    with pytest.raises(StoreDamagedError, match=rf"{store}: unreadable Zarr metadata .*dvc checkout --force"):
+        open_store(store)
+    with pytest.raises(StoreDamagedError, match=rf"{store}: unreadable Zarr metadata"):
+        open_checked(store)
