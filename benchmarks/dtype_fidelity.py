@@ -47,7 +47,7 @@ def main() -> None:
         for compute, store in SETTINGS:
             out = work / f"{compute}-{store}"
             cfg = HarvestConfig(hooks=HOOKS, store_dtype=store)
-            harvest(args.model, tokens.path, out, cfg, LmConfig(compute_dtype=compute, device="cpu"), progress=False)
+            harvest(args.model, tokens.path, out, cfg, LmConfig(compute_dtype=compute, device="cpu"), scratch=work / "scratch", progress=False)
             acts[compute, store] = {h: open_store(store_path(out, h))[:].astype(np.float64) for h in HOOKS}
         reference = acts[SETTINGS[0]]
         print(f"{tokens.n_rows} tokens; error against float32 compute + float32 storage")

@@ -45,7 +45,7 @@ def hooks_at(layer: int) -> list[str]:
 def time_harvest(model_dir: Path, tokens: TokenStore, layer: int, dtype: str, batch: int, work: Path) -> float:
     cfg, lm = HarvestConfig(hooks=hooks_at(layer)), LmConfig(compute_dtype=dtype, batch_size=batch, device="cpu")
     out = work / f"acts-{dtype}-{time.monotonic_ns()}"
-    result = harvest(model_dir, tokens.path, out, cfg, lm, progress=False)
+    result = harvest(model_dir, tokens.path, out, cfg, lm, scratch=out.with_name(out.name + "-scratch"), progress=False)
     return result.n_rows / result.seconds
 
 
@@ -82,7 +82,7 @@ def peak_rss_mb(model_dir: Path, tokens_path: Path, layer: int, work: Path) -> f
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "from pipeline.config import HarvestConfig, LmConfig\nfrom pipeline.harvest import harvest\n"
-        "harvest(%r, %r, %r, HarvestConfig(hooks=%r), LmConfig(device='cpu'), progress=False)\n"
+        "harvest(%r, %r, %r, HarvestConfig(hooks=%r), LmConfig(device='cpu'), scratch=%r, progress=False)\n"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
     ) % (
         str(Path(__file__).resolve().parents[1]),
@@ -90,6 +90,7 @@ def peak_rss_mb(model_dir: Path, tokens_path: Path, layer: int, work: Path) -> f
         str(tokens_path),
         str(work / f"mem-{time.monotonic_ns()}"),
         hooks_at(layer),
+        str(work / f"mem-scratch-{time.monotonic_ns()}"),
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1]) / 1024

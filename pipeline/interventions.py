@@ -122,14 +122,19 @@ def bootstrap_mean_ci(values: np.ndarray, resamples: int, rng: np.random.Generat
     return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
 
 
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator, or None (undefined, written as null) when the denominator is 0."""
+    return float(numerator / denominator) if denominator != 0 else None
+
+
 def summarise(results: TokenResults, cfg: InterventionsConfig) -> dict:
     """The metrics JSON of one SAE.
 
     Documented edge values: a ratio whose denominator is 0 (e.g. an epsilon_random KL of 0,
-    which a perfect SAE gives) is inf, or NaN when the numerator is 0 too, and the stage then
-    stops rather than write it (metrics files hold finite numbers only); the z-score keys are
-    present only with `n_draws` >= 2 (the config refuses 1). Every per-token KL must be finite:
-    a NaN or inf (an overflowing forward pass) raises, naming the intervention."""
+    which a perfect SAE gives, or a single position with nothing after it) is undefined and
+    written as null (`ratio`); the z-score keys are present only with `n_draws` >= 2 (the config
+    refuses 1). Every per-token KL must be finite: a NaN or inf (an overflowing forward pass)
+    raises, naming the intervention."""
     for name, kl in results.kl.items():
         bad = int((~np.isfinite(kl)).sum())
         if bad:
@@ -157,17 +162,18 @@ def summarise(results: TokenResults, cfg: InterventionsConfig) -> dict:
     ratios = []
     for _ in range(cfg.bootstrap):
         idx = rng.integers(0, len(kl_sae), len(kl_sae))
-        ratios.append(kl_sae[idx].mean() / kl_eps[idx].mean())
+        ratios.append(ratio(kl_sae[idx].mean(), kl_eps[idx].mean()))
+    defined = [r for r in ratios if r is not None]
     ce_sae = float(results.ce["substitution"][has_next].mean())
     ce_zero = float(results.ce["zero"][has_next].mean())
     metrics = {
-        "kl_ratio_substitution_vs_epsilon_random": float(kl_sae.mean() / kl_eps.mean()),
-        "kl_ratio_ci_low": float(np.quantile(ratios, 0.025)),
-        "kl_ratio_ci_high": float(np.quantile(ratios, 0.975)),
-        "kl_ratio_substitution_vs_cov_random": float(kl_sae.mean() / results.kl["cov_random"].mean()),
+        "kl_ratio_substitution_vs_epsilon_random": ratio(kl_sae.mean(), kl_eps.mean()),
+        "kl_ratio_ci_low": float(np.quantile(defined, 0.025)) if defined else None,
+        "kl_ratio_ci_high": float(np.quantile(defined, 0.975)) if defined else None,
+        "kl_ratio_substitution_vs_cov_random": ratio(kl_sae.mean(), results.kl["cov_random"].mean()),
         "clean_ce": clean_ce,
-        "ce_score": (ce_zero - ce_sae) / (ce_zero - clean_ce),
-        "kl_score": float((results.kl["zero"].mean() - kl_sae.mean()) / results.kl["zero"].mean()),
+        "ce_score": ratio(ce_zero - ce_sae, ce_zero - clean_ce),
+        "kl_score": ratio(results.kl["zero"].mean() - kl_sae.mean(), results.kl["zero"].mean()),
         "n_tokens": int(len(kl_sae)),
         "interventions": per_intervention,
     }
@@ -178,7 +184,7 @@ def summarise(results: TokenResults, cfg: InterventionsConfig) -> dict:
     if results.single_kl:
         sub, eps = results.single_kl["substitution"].mean(0), results.single_kl["epsilon_random"].mean(0)
         metrics["single_position"] = {
-            "kl_ratio_at_p": float(sub[0] / eps[0]),
-            "kl_ratio_after_p": float(sub[1:].sum() / eps[1:].sum()) if len(sub) > 1 else float("nan"),
+            "kl_ratio_at_p": ratio(sub[0], eps[0]),
+            "kl_ratio_after_p": ratio(sub[1:].sum(), eps[1:].sum()) if len(sub) > 1 else None,
         }
     return metrics

@@ -22,6 +22,8 @@ SIGNIFICANT_DIGITS = 6
 """Metrics are written at this precision: far above run-to-run noise (a rerun from scratch moves
 only the last of ~16 digits), so a rerun rewrites identical files and `dvc metrics diff` shows
 only real changes."""
+METRIC_RTOL = 0.5 * 10 ** (1 - SIGNIFICANT_DIGITS)
+"""The largest relative difference between a written metric and the number computed."""
 
 
 class NonFiniteMetricError(ValueError):
@@ -59,6 +61,11 @@ def rounded(value: Any, where: str) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar
         return rounded(value.item(), where)
     return value
+
+
+def shown(value: float | None, digits: int = 2) -> str:
+    """A metric for a log line or a figure title; None (an undefined ratio) is 'undefined'."""
+    return "undefined" if value is None else f"{value:.{digits}f}"
 
 
 def write_json(path: Path | str, payload: dict) -> None:

@@ -15,7 +15,7 @@ from pipeline.interventions import activation_stats, run_interventions, summaris
 from pipeline.plots import new_figure, save
 from pipeline.saes import check_sae_fits, load_sae
 from pipeline.tokens import TokenStore
-from stages.common import per_sae_arguments, stage, write_json
+from stages.common import per_sae_arguments, shown, stage, write_json
 
 SHOWN = ("substitution", "epsilon_random", "cov_random", "theta_random_sae_norm", "norm_corrected")
 
@@ -30,7 +30,7 @@ def draw(results, metrics: dict, name: str, p: int | None, path: Path) -> Path:
     axes[0].set_xlabel("KL(P_clean ‖ P_intervened) per token (nats, log scale)")
     axes[0].set_ylabel("tokens")
     axes[0].legend(fontsize=7)
-    axes[0].set_title(f"ratio substitution / epsilon_random: {metrics['kl_ratio_substitution_vs_epsilon_random']:.2f}", fontsize=9)
+    axes[0].set_title(f"ratio substitution / epsilon_random: {shown(metrics['kl_ratio_substitution_vs_epsilon_random'])}", fontsize=9)
     if results.single_kl:
         for n, kl in results.single_kl.items():
             axes[1].plot(np.arange(kl.shape[1]), kl.mean(0), "o-", label=n)
@@ -63,8 +63,8 @@ def main() -> None:
         write_json(args.metrics, metrics)
         draw(results, metrics, args.sae.name, cfg.single_position, args.figure)
         print(f"interventions {args.sae.name}: " + ", ".join(f"{n} KL {metrics['interventions'][n]['kl']:.4f}" for n in INTERVENTIONS))
-        print(f"KL ratio substitution / epsilon_random {metrics['kl_ratio_substitution_vs_epsilon_random']:.2f} "
-              f"[{metrics['kl_ratio_ci_low']:.2f}, {metrics['kl_ratio_ci_high']:.2f}], CE score {metrics['ce_score']:.3f}")
+        print(f"KL ratio substitution / epsilon_random {shown(metrics['kl_ratio_substitution_vs_epsilon_random'])} "
+              f"[{shown(metrics['kl_ratio_ci_low'])}, {shown(metrics['kl_ratio_ci_high'])}], CE score {shown(metrics['ce_score'], 3)}")
 
 
 if __name__ == "__main__":

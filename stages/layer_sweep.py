@@ -10,7 +10,7 @@ from pipeline.params_check import load_checked_params
 from pipeline.plots import new_figure, save
 from pipeline.published import published_range, published_text
 from pipeline.sae_config import sae_name
-from stages.common import stage, write_csv, write_json
+from stages.common import shown, stage, write_csv, write_json
 
 
 
@@ -38,7 +38,8 @@ def main() -> None:
         fig, ax = new_figure()
         for width in cfg.widths:
             for site, marker in (("resid_post", "o-"), ("resid_pre", "^-"), ("mlp_out", "s"), ("attn_z", "D")):
-                sel = [r for r in rows if r["site"] == site and r["width"] == width]
+                sel = [r for r in rows if r["site"] == site and r["width"] == width
+                       and None not in (r["kl_ratio"], r["kl_ratio_ci_low"], r["kl_ratio_ci_high"])]
                 if sel:
                     lows = [r["kl_ratio"] - r["kl_ratio_ci_low"] for r in sel]
                     highs = [r["kl_ratio_ci_high"] - r["kl_ratio"] for r in sel]
@@ -52,7 +53,7 @@ def main() -> None:
         save(fig, args.figure)
         write_json(args.out, {r["hook"] + f"-{r['width']}": {k: r[k] for k in ("kl_ratio", "kl_ratio_vs_cov_random", "ce_score")} for r in rows})
         for r in rows:
-            print(f"layer_sweep {r['hook']}-{r['width']}: KL ratio {r['kl_ratio']:.2f} [{r['kl_ratio_ci_low']:.2f}, {r['kl_ratio_ci_high']:.2f}]")
+            print(f"layer_sweep {r['hook']}-{r['width']}: KL ratio {shown(r['kl_ratio'])} [{shown(r['kl_ratio_ci_low'])}, {shown(r['kl_ratio_ci_high'])}]")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ go through the same code as `model.path: google/gemma-2-2b` would: materialise, 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,8 @@ def harvested(request, lm_repo, jsonl_corpus, tmp_path_factory):
     tokens = write_token_store(work / "tokens.zarr", ordered, n_train, tokens_cfg, data_cfg, bos, model_cfg.name)
 
     cfg = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], chunk_rows=16)
-    harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"), progress=False)
+    harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"), scratch=work / "scratch",
+            progress=False)
     stores = {name: open_store(store_path(work / "acts", name))[:] for name in cfg.hooks}
     return arch, load_model(work / "model"), tokens, stores, work
 
@@ -96,10 +98,12 @@ def test_resume_from_unequal_committed_rows_with_batches_across_chunks(harvested
 
     _, _, _, stores, work = harvested
     cfg = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], chunk_rows=16)
-    behind, ahead = (store_path(work / "acts", name) for name in cfg.hooks[:2])
+    shutil.copytree(work / "acts", work / "scratch")  # the partial stores a kill leaves
+    behind, ahead = (store_path(work / "scratch", name) for name in cfg.hooks[:2])
     zarr.open_array(behind, mode="r+").attrs["committed_rows"] = 32
     zarr.open_array(ahead, mode="r+").attrs["committed_rows"] = 80
-    result = harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"), progress=False)
+    result = harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"),
+                     scratch=work / "scratch", progress=False)
     assert result.resumed_from_row == 32 and result.rows_computed == result.n_rows - 32
     for name in cfg.hooks:
         np.testing.assert_array_equal(open_store(store_path(work / "acts", name))[:], stores[name])

@@ -14,6 +14,7 @@ from pipeline.activation_store import open_store
 from pipeline.config import ConfigError, Hook
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
 from pipeline.saes import build_training_sae, load_pretrained, save_sae, shuffled_batches, train_sae
+from stages.common import METRIC_RTOL
 from tests.conftest import REPO, params_with, run, run_stage, stages_to_rerun
 
 SMOKE_HOOK = "blocks.2.hook_resid_post"
@@ -36,8 +37,8 @@ def test_metrics_and_outputs_agree_with_numpy(smoke_repo, smoke_acts, width):
     x_hat, error = outputs["x_hat"][:].astype(np.float64), outputs["error"][:].astype(np.float64)
 
     fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
-    assert metrics["fvu"] == pytest.approx(fvu, rel=1e-6)
-    assert metrics["explained_variance"] == pytest.approx(1 - fvu, rel=1e-6)
+    assert metrics["fvu"] == pytest.approx(fvu, rel=METRIC_RTOL)
+    assert metrics["explained_variance"] == pytest.approx(1 - fvu, rel=METRIC_RTOL)
     assert metrics["n_test_tokens"] == len(x)
     np.testing.assert_allclose(error, x - x_hat, atol=1e-5)
     np.testing.assert_allclose(outputs["error_norm"][:], np.linalg.norm(x - x_hat, axis=1), rtol=1e-4)
