@@ -137,7 +137,7 @@ def test_synthetic_summary_matches_its_table(smoke_repo):
             for row in rows:
                 groups.setdefault(tuple(row[h] for h in held), []).append(row)
             values = [np.corrcoef([r[f"{part}_fvu"] for r in g], [r[varied] for r in g])[0, 1] for g in groups.values()]
-            assert got[f"{part}_vs_{varied}"] == pytest.approx(np.mean(values), rel=METRIC_RTOL, abs=1e-12), (part, varied)
+            assert got[f"{part}_vs_{varied}"] == pytest.approx(np.mean(values), rel=1e-4), (part, varied)  # the table has 6 digits
     low = {a: min(r[a] for r in rows) for a in axes}
 
     def at(**settings):
@@ -146,7 +146,7 @@ def test_synthetic_summary_matches_its_table(smoke_repo):
     for axis in axes:
         base, top = at(), at(**{axis: max(r[axis] for r in rows)})
         share = (top["linear_fvu"] - base["linear_fvu"]) / (top["fvu"] - base["fvu"])
-        assert got["linear_share_of_added_error"][axis] == pytest.approx(share, rel=METRIC_RTOL, abs=1e-12), axis
+        assert got["linear_share_of_added_error"][axis] == pytest.approx(share, rel=1e-4), axis  # a ratio of differences of 6-digit values
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_scaling_with_three_widths_fits_the_power_law_and_its_bands(smoke_repo, 
         rows = list(csv.DictReader(f))
     assert [int(r["width"]) for r in rows] == list(widths)
     for row, f_w, n_w, width in zip(rows, fvu, nonlinear, w):
-        assert float(row["fvu_fit"]) == pytest.approx(law["c"] + law["a"] * width ** -law["m"], rel=1e-9)
+        assert float(row["fvu_fit"]) == pytest.approx(law["c"] + law["a"] * width ** -law["m"], rel=1e-4)  # from c, a, m at 6 digits
         bands = [float(row[b]) for b in ("nonlinear", "encoder", "linear_persistent", "above_asymptote")]
         assert sum(bands) == pytest.approx(f_w, rel=4 * METRIC_RTOL)  # each band is written at 6 digits
         if width != 512:  # no pursuit at these widths: the nonlinear band is the probe's nonlinear FVU

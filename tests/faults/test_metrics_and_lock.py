@@ -41,16 +41,11 @@ def test_a_stage_given_a_nan_stops_and_names_its_inputs(tmp_path):
     """A real stage (sae_summary) over per-SAE metrics of which one holds a NaN (what a damaged
     chunk once gave): exit code 3, the metric and the inputs named, no summary written."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["sae"].update({"hooks": ["blocks.3.hook_resid_post"], "widths": [576]})
-    for section in ("probes_summary", "pursuit", "interventions", "layer_sweep", "error_saes", "component_ce"):
-        if isinstance(params.get(section), dict) and "hooks" in params[section]:
-            params[section].update({"hooks": ["blocks.3.hook_resid_post"], "widths": [576]})
-    for section in ("synthetic", "earlier_components"):
-        params[section].update({"hooks": ["blocks.3.hook_resid_post"], "widths": [576]})
-    params["earlier_components"]["sources"] = ["blocks.3.hook_resid_post"]
-    params["harvest"]["hooks"] = ["blocks.3.hook_resid_post"]
     metrics = tmp_path / "metrics" / "sae"
     metrics.mkdir(parents=True)
+    for hook in params["sae"]["hooks"]:
+        for width in params["sae"]["widths"]:
+            (metrics / f"{hook}-{width}.json").write_text('{"fvu": 0.4, "l0": 32.0, "dead_fraction": 0.0}')
     (metrics / "blocks.3.hook_resid_post-576.json").write_text('{"fvu": NaN, "l0": 32.0, "dead_fraction": 0.0}')
     result = run_stage("sae_summary", ["--metrics-dir", str(metrics), "--out", str(tmp_path / "summary.json")], tmp_path,
                        params=params, check=False)
