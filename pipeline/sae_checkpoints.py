@@ -8,7 +8,8 @@ gives the same SAE, bit for bit, as an uninterrupted run.
 
 Checkpoints live outside DVC's outputs (DVC deletes a stage's outputs before rerunning it),
 in a folder keyed by everything that determines the run (`run_key`): a checkpoint of another
-configuration, store or code is never resumed, and is deleted.
+configuration, store, code, library version or device is never resumed, and is deleted. (On a
+GPU, resuming gives the same SAE only as far as its kernels are deterministic.)
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ from pipeline.code_deps import code_hash
 STATE_FILE = "state.pt"
 
 
-def run_key(store: zarr.Array, n_train_rows: int, width: int, cfg, train, metadata: dict) -> str:
-    """What determines the trained SAE: the data, the settings and the code."""
+def run_key(store: zarr.Array, n_train_rows: int, width: int, cfg, train, metadata: dict, device: str) -> str:
+    """What determines the trained SAE: the data, the settings, the code, the libraries and the device."""
+    import sae_lens
+
     settings = {k: v for k, v in asdict(train).items() if k != "checkpoint_every"}
     identity = {
+        "versions": [torch.__version__, sae_lens.__version__],
+        "device": device,
         "store": store.attrs.get("fingerprint", str(store.store_path)),
         "n_train_rows": n_train_rows,
         "width": width,
@@ -50,10 +55,14 @@ class Checkpoint:
 
     def restore(self, trainer) -> list[dict]:
         """Load the state into `trainer` (built as for a fresh run); returns the curve so far."""
-        state = torch.load(self.path / STATE_FILE, map_location=trainer.cfg.device, weights_only=False)
+        # On the CPU: torch's RNG states must stay CPU byte tensors; load_state_dict copies the
+        # weights onto the parameters' device.
+        state = torch.load(self.path / STATE_FILE, map_location="cpu", weights_only=False)
         trainer.sae.load_state_dict(state["sae"])
         trainer.load_trainer_state(self.path)
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         return state["curve"]
 
 
@@ -88,7 +97,9 @@ class Checkpoints:
         tmp = final.with_name(final.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.save_trainer_state(tmp)
-        torch.save({"sae": trainer.sae.state_dict(), "torch_rng": torch.get_rng_state(), "curve": curve}, tmp / STATE_FILE)
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        torch.save({"sae": trainer.sae.state_dict(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "curve": curve},
+                   tmp / STATE_FILE)
         (tmp / "position.json").write_text(json.dumps({"batches_consumed": batches_consumed}))
         os.replace(tmp, final)
         for older in self.folder.glob("step-*"):

@@ -146,7 +146,7 @@ def train_sae(
     decay_steps = int(train.steps * train.lr_decay_fraction)
     saver = None
     if checkpoints is not None and train.checkpoint_every > 0:
-        saver = Checkpoints(checkpoints, run_key(store, n_train_rows, width, cfg, train, metadata))
+        saver = Checkpoints(checkpoints, run_key(store, n_train_rows, width, cfg, train, metadata, device))
     resume = saver.latest() if saver else None
     batches = CountedBatches(
         shuffled_batches(store, n_train_rows, train.batch_size, train.shuffle_chunks, train.seed,
