@@ -86,21 +86,21 @@ def _corr(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
 
 
-def _within(points: list[GridPoint], held: tuple[str, ...], part: str, varied: str) -> float:
+def _within(points: list[GridPoint], held: tuple[str, ...], part: str, varied: str) -> float | None:
     """Mean, over groups of points that share the `held` settings, of the correlation between
-    the error `part` and the `varied` setting (NaN when no group varies it)."""
+    the error `part` and the `varied` setting (None, undefined, when no group varies it)."""
     groups: dict[tuple, list[GridPoint]] = {}
     for p in points:
         groups.setdefault(tuple(getattr(p, h) for h in held), []).append(p)
     values = [_corr([getattr(p, part) for p in g], [getattr(p, varied) for p in g]) for g in groups.values()]
     values = [v for v in values if np.isfinite(v)]
-    return float(np.mean(values)) if values else float("nan")
+    return float(np.mean(values)) if values else None
 
 
-def correlations(points: list[GridPoint]) -> dict[str, float]:
+def correlations(points: list[GridPoint]) -> dict[str, float | None]:
     """Pearson correlations between each error part and each planted source. For the noise sizes,
     within each masked fraction (then averaged); for the masked fraction, within each pair of
-    noise sizes: one source varies at a time. NaN when a grid axis has a single value."""
+    noise sizes: one source varies at a time. None (written as null) when a grid axis has a single value."""
     noise = ("activation_noise", "introduced_noise")
     out = {}
     for part, label in (("linear_fvu", "linear"), ("nonlinear_fvu", "nonlinear")):
@@ -110,9 +110,10 @@ def correlations(points: list[GridPoint]) -> dict[str, float]:
     return out
 
 
-def linear_share_of_added_error(points: list[GridPoint]) -> dict[str, float]:
+def linear_share_of_added_error(points: list[GridPoint]) -> dict[str, float | None]:
     """For each source alone (the others at their smallest setting): of the FVU it adds going from
-    its smallest to its largest setting, the share that is linear. NaN for a single-valued axis."""
+    its smallest to its largest setting, the share that is linear. None (null) for a single-valued
+    axis, or one along which the FVU does not rise."""
     axes = ("activation_noise", "introduced_noise", "masked_fraction")
     low = {a: min(getattr(p, a) for p in points) for a in axes}
     high = {a: max(getattr(p, a) for p in points) for a in axes}
@@ -125,5 +126,5 @@ def linear_share_of_added_error(points: list[GridPoint]) -> dict[str, float]:
     for axis in axes:
         top = at({**low, axis: high[axis]})
         added = top.fvu - base.fvu
-        out[axis] = float((top.linear_fvu - base.linear_fvu) / added) if high[axis] > low[axis] and added > 0 else float("nan")
+        out[axis] = float((top.linear_fvu - base.linear_fvu) / added) if high[axis] > low[axis] and added > 0 else None
     return out

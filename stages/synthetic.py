@@ -17,7 +17,7 @@ from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.saes import check_sae_fits, load_sae
 from pipeline.synthetic import correlations, linear_share_of_added_error, run_grid
-from stages.common import stage, write_csv, write_json
+from stages.common import shown, stage, write_csv, write_json
 
 
 def draw(points, cfg: SyntheticConfig, path: Path) -> Path:
@@ -63,8 +63,8 @@ def main() -> None:
         shares = linear_share_of_added_error(points)
         write_json(args.metrics, {**corr, "linear_share_of_added_error": shares, "train_rows": len(train), "test_rows": len(test)})
         draw(points, cfg, args.figure)
-        print("synthetic: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr.items()))
-        print("linear share of the error each source adds: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
+        print("synthetic: " + ", ".join(f"{k} {shown(v, 3)}" for k, v in corr.items()))
+        print("linear share of the error each source adds: " + ", ".join(f"{k} {shown(v)}" for k, v in shares.items()))
 
 
 if __name__ == "__main__":

@@ -101,4 +101,4 @@ def test_linear_share_of_each_source(grid):
     assert shares["introduced_noise"] == pytest.approx(0.0, abs=0.02)  # independent of x': none linear
     fvu, nonlinear = closed_form(0.3, 0.0, scale2, total_var)
     assert shares["activation_noise"] == pytest.approx((fvu - nonlinear) / fvu, abs=0.03)
-    assert np.isnan(shares["masked_fraction"])  # a single masked fraction in this grid
+    assert shares["masked_fraction"] is None  # a single masked fraction in this grid: undefined, written as null
