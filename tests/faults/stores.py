@@ -29,3 +29,8 @@ def write_store(path: Path, data: np.ndarray | None = None, chunk: int = CHUNK) 
         writer.append(data[first : first + 10])
     writer.close()
     return path
+
+
+def file_bytes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every file under `folder` (names in `skip` left out), by relative path: for byte-for-byte comparisons."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, subprocess_env
-from tests.faults.stores import write_store
+from tests.faults.stores import file_bytes, write_store
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def workdir(tmp_path_factory) -> Path:
     return wd
 
 
-def command(stage: str, out: str, wd: Path) -> list[str]:
+def command(stage: str, out: str) -> list[str]:
     if stage == "train_sae":
         args = ["--hook", HOOK, "--width", str(WIDTH), "--activations", "acts", "--out", out, "--curve", f"{out}.csv",
                 "--checkpoints", f"scratch/{out}"]
@@ -49,7 +49,7 @@ def command(stage: str, out: str, wd: Path) -> list[str]:
 
 
 def start(stage: str, out: str, wd: Path) -> subprocess.Popen:
-    return subprocess.Popen(command(stage, out, wd), cwd=wd, env={**subprocess_env(), "PYTHONPATH": str(REPO)},
+    return subprocess.Popen(command(stage, out), cwd=wd, env={**subprocess_env(), "PYTHONPATH": str(REPO)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -66,10 +66,6 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def clean(workdir) -> dict[str, float]:
     """The uninterrupted runs, and how long each took (the window for random kills)."""
@@ -78,7 +74,7 @@ def clean(workdir) -> dict[str, float]:
 
 def test_training_the_same_sae_twice_gives_identical_bytes(workdir, clean):
     finish("train_sae", "sae-again", workdir)
-    assert files(workdir / "sae-again") == files(workdir / "sae-clean")
+    assert file_bytes(workdir / "sae-again") == file_bytes(workdir / "sae-clean")
     assert (workdir / "sae-again.csv").read_bytes() == (workdir / "sae-clean.csv").read_bytes()
     assert not (workdir / "scratch" / "sae-again").exists(), "the checkpoints outlived the finished SAE"
 
@@ -93,7 +89,7 @@ def test_train_sae_killed_after_a_checkpoint_resumes_to_the_same_sae(workdir, cl
     saved = [p for p in checkpoints.glob("*/step-*") if not p.name.endswith(".partial")]
     assert saved and not (workdir / "sae-killed").exists(), "the kill missed the training"
     finish("train_sae", "sae-killed", workdir)
-    assert files(workdir / "sae-killed") == files(workdir / "sae-clean")
+    assert file_bytes(workdir / "sae-killed") == file_bytes(workdir / "sae-clean")
     assert (workdir / "sae-killed.csv").read_bytes() == (workdir / "sae-clean.csv").read_bytes()
 
 
@@ -108,5 +104,5 @@ def test_a_kill_at_a_random_moment_ends_with_the_uninterrupted_result(workdir, c
     kill(proc)
     finish(stage, out, workdir)
     reference = "sae-clean" if stage == "train_sae" else "outputs-clean"
-    assert files(workdir / out) == files(workdir / reference), f"KILL_SEED={seed}"
+    assert file_bytes(workdir / out) == file_bytes(workdir / reference), f"KILL_SEED={seed}"
     assert not list(workdir.glob("*.partial")), f"KILL_SEED={seed}: a temporary output survived"
