@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.activation_store import open_store  # noqa: E402
 from pipeline.pursuit import gradient_pursuit, gradient_pursuit_reference  # noqa: E402
-from pipeline.saes import load_sae  # noqa: E402
+from pipeline.sae_inference import load_sae  # noqa: E402
 
 
 def main() -> None:

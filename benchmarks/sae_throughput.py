@@ -5,8 +5,9 @@
 Needs a harvested store (`dvc repro harvest`). Prints tokens/s of:
   train    pipeline.saes.train_sae: sae-lens TopK SAE + SAETrainer, batches streamed from Zarr;
   bare     a hand-written TopK SAE (same shapes, MSE + Adam) on in-memory batches;
-  outputs  pipeline.sae_outputs.write_sae_outputs: encode/decode the test rows, write Zarr;
-  bare     the same encode/decode over in-memory rows, nothing written;
+  outputs  pipeline.sae_outputs.write_sae_outputs: the saved SAE (pipeline.sae_inference) over the
+           fit and test rows, read from and written to Zarr;
+  bare     the same encode/decode over the same rows held in memory, nothing written;
 and the ratios pipeline / bare.
 """
 
@@ -26,11 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.activation_store import open_store  # noqa: E402
 from pipeline.harvest import store_path  # noqa: E402
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig  # noqa: E402
+from pipeline.row_split import RowSplit  # noqa: E402
+from pipeline.sae_inference import encode_decode, load_sae  # noqa: E402
 from pipeline.sae_outputs import write_sae_outputs  # noqa: E402
-from pipeline.saes import train_sae  # noqa: E402
+from pipeline.saes import save_sae, train_sae  # noqa: E402
 
 
 class BareTopK(torch.nn.Module):
+    """The TopK SAE sae-lens trains (TopKTrainingSAEConfig defaults), written plainly: activations
+    scaled by the decoder row norms before the top-k and divided by them before decoding, and the
+    AuxK loss (the top d_in / 2 dead latents reconstruct the residual)."""
+
     def __init__(self, d: int, width: int, k: int):
         super().__init__()
         self.k = k
@@ -39,35 +46,47 @@ class BareTopK(torch.nn.Module):
         self.W_dec = torch.nn.Parameter(self.W_enc.detach().T.clone())
         self.b_dec = torch.nn.Parameter(torch.zeros(d))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+    def loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        norms = self.W_dec.norm(dim=-1)
+        pre = ((x - self.b_dec) @ self.W_enc + self.b_enc) * norms
         top = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        x_hat = (acts / norms) @ self.W_dec + self.b_dec
+        loss = (x_hat - x).pow(2).sum(-1).mean()
+        n_dead = int(dead.sum())
+        if n_dead:
+            k_aux = min(x.shape[1] // 2, n_dead)
+            aux = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1)
+            aux_acts = torch.zeros_like(pre).scatter(-1, aux.indices, aux.values.relu())
+            residual = (x - x_hat).detach()
+            aux_loss = ((aux_acts / norms) @ self.W_dec - residual).pow(2).sum(-1).mean()
+            loss = loss + min(n_dead / (x.shape[1] // 2), 1.0) * aux_loss
+        return loss, acts
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode(x) @ self.W_dec + self.b_dec
 
-
-def bare_training(x: torch.Tensor, width: int, k: int, steps: int, batch: int) -> float:
+def bare_training(x: torch.Tensor, width: int, k: int, steps: int, batch: int, dead_window: int) -> float:
+    """Adam with gradient clipping at 1 (as sae-lens's trainer), on in-memory batches."""
     torch.manual_seed(0)
     sae = BareTopK(x.shape[1], width, k)
     optimizer = torch.optim.Adam(sae.parameters(), lr=2e-3)
+    since_fired = torch.zeros(width)
     started = time.perf_counter()
     for _ in range(steps):
         xb = x[torch.randint(0, len(x), (batch,))]
-        loss = (sae(xb) - xb).pow(2).sum(-1).mean()
+        loss, acts = sae.loss(xb, since_fired > dead_window)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
+        since_fired += 1
+        since_fired[(acts > 0).any(0)] = 0
     return steps * batch / (time.perf_counter() - started)
 
 
-@torch.no_grad()
 def bare_outputs(sae, x: torch.Tensor, block: int) -> float:
     started = time.perf_counter()
     for first in range(0, len(x), block):
-        latents = sae.encode(x[first : first + block])
-        sae.decode(latents)
+        encode_decode(sae, x[first : first + block])
     return len(x) / (time.perf_counter() - started)
 
 
@@ -82,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
 
     acts = open_store(store_path(args.activations, args.hook))
-    n_train = int(acts.attrs["n_train_rows"])
+    n_train = RowSplit.of(acts).sae_train_rows.stop
     cfg = SaeSetConfig(hooks=[args.hook], widths=[args.width], k=args.k)
     train = TrainSaeConfig(tokens=args.steps * args.batch, batch_size=args.batch, device="cpu", log_every=10**9)
     print(
@@ -92,16 +111,19 @@ def main() -> None:
     started = time.perf_counter()
     sae, _ = train_sae(acts, n_train, args.width, cfg, train, {}, progress=False)
     train_rate = train.steps * train.batch_size / (time.perf_counter() - started)
-    bare_train_rate = bare_training(torch.from_numpy(acts[:n_train]), args.width, args.k, args.steps, args.batch)
+    bare_train_rate = bare_training(torch.from_numpy(acts[:n_train]), args.width, args.k, args.steps, args.batch,
+                                    train.dead_feature_window)
 
-    sae.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        _, outputs_rate = write_sae_outputs(sae, acts, Path(tmp) / "out.zarr", {}, progress=False)
-    bare_outputs_rate = bare_outputs(sae, torch.from_numpy(np.asarray(acts[n_train:])), 4096)
+        save_sae(sae, Path(tmp) / "sae")
+        inference = load_sae(Path(tmp) / "sae")
+        _, outputs_rate = write_sae_outputs(inference, acts, Path(tmp) / "out.zarr", {}, progress=False)
+    rows = torch.from_numpy(np.asarray(acts[RowSplit.of(acts).fit_rows.start :], dtype=np.float32))
+    bare_outputs_rate = bare_outputs(inference, rows, 4096)
 
     rows = [
         ("train_sae (sae-lens, streamed from Zarr)", train_rate, "incl. norm estimate and b_dec init"),
-        ("bare torch TopK training loop", bare_train_rate, ""),
+        ("bare torch loop, same TopK SAE and optimiser", bare_train_rate, "in-memory batches"),
         ("sae_outputs (encode/decode + Zarr writes)", outputs_rate, ""),
         ("bare torch encode/decode, nothing written", bare_outputs_rate, ""),
     ]

@@ -114,6 +114,11 @@ def open_store(path: Path | str) -> zarr.Array:
     return array
 
 
+def store_path(activations_dir: Path | str, hook) -> Path:
+    """The activation store of `hook` (a `pipeline.config.Hook` or its name) under `activations_dir`."""
+    return Path(activations_dir) / f"{getattr(hook, 'name', hook)}.zarr"
+
+
 def iter_row_blocks(
     array: zarr.Array, start: int = 0, stop: int | None = None, rows: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -122,9 +127,15 @@ def iter_row_blocks(
     stop = array.shape[0] if stop is None else stop
     if not 0 <= start < stop <= array.shape[0]:
         raise ValueError(f"{array.store_path}: no rows to read in [{start}, {stop}) of {array.shape[0]}")
-    step = rows or array.chunks[0]
+    for first, end in block_bounds(start, stop, rows or array.chunks[0]):
+        yield first, array[first:end]
+
+
+def block_bounds(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
+    """[first, end) blocks covering [start, stop), cut at multiples of `step`: the same rows
+    fall into the same blocks whichever array they are read from."""
     first = start
     while first < stop:
         end = min(stop, (first // step + 1) * step)
-        yield first, array[first:end]
+        yield first, end
         first = end

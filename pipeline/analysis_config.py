@@ -50,8 +50,6 @@ class ProbesConfig:
     """L2 penalty on W (not on b)."""
     block_rows: int = 4096
     """Rows per streamed block."""
-    device: str = "auto"
-    """Where the SAE runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
 
     def __post_init__(self) -> None:
         if self.ridge < 0:
@@ -102,8 +100,6 @@ class ScalingConfig:
     """Window (in latents, sorted by mean activation) of the running mean in the latent-vs-probe figure."""
     block_rows: int = 4096
     """Rows per streamed block."""
-    device: str = "auto"
-    """Where the SAE runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
 
 
 @dataclass

@@ -2,11 +2,20 @@
 
 A stage's code is the transitive closure of the project modules its stage script imports:
 top-level and function-level imports both count, and so does each package's `__init__.py`.
-`dvc.yaml` lists exactly that closure among each stage's `deps`, so that any edit to code a
-stage runs reruns the stage. The lists are generated, never written by hand:
 
-    python -m pipeline.code_deps --write    # regenerate the code deps in dvc.yaml
-    python -m pipeline.code_deps            # check them; exit 1 naming each stage and file
+The DAG's first stage, `code`, runs `python -m pipeline.code_deps --out artifacts/code` whenever
+any file under pipeline/ or stages/ changes. It writes one small file per stage script,
+`artifacts/code/<script>.json`: the SHA-256 of every file of that script's closure. Each stage
+depends on its script's file, so an edit reruns exactly the stages whose code it touches (a
+file's bytes only change when its closure does), while dvc.lock holds one code entry per stage
+instead of one per file (DVC rewrites the whole lock file after every stage: its size is most
+of DVC's per-stage time).
+
+    python -m pipeline.code_deps --changed   # which stage scripts' code differs from artifacts/code
+    python -m pipeline.code_deps             # check that every stage depends on its code file
+
+`dvc repro --dry` cannot see through the `code` stage (it does not run it): after a code edit,
+`--changed` lists the stages that will rerun, besides their downstream stages.
 
 The harvest fingerprint (which decides whether a partial store may be resumed) hashes the
 same closure, so there is one list of "the code that computes activations".
@@ -17,7 +26,9 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import json
 import re
+import shutil
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
 """Top-level packages of this project; imports of anything else are third-party."""
 DVC_YAML = "dvc.yaml"
-_STAGE_MODULE = re.compile(r"python -m (stages\.\w+)")
+CODE_DIR = Path("artifacts/code")
+"""Where the `code` stage writes each stage script's code file (relative to the repository)."""
+_STAGE_MODULE = re.compile(r"python -m ((?:stages|pipeline)\.\w+)")
 _CODE_DEP = re.compile(r"^(?:%s)/[\w/]*\.py$" % "|".join(PACKAGES))
 
 
@@ -101,82 +114,95 @@ def code_hash(module: str, root: Path = ROOT) -> str:
 
 
 def stage_modules(dvc_yaml: Path) -> dict[str, str]:
-    """Stage name -> the stage script's module, from each stage's `cmd` ('python -m stages.x')."""
+    """Stage name -> the module its `cmd` runs ('python -m stages.x' or 'python -m pipeline.x')."""
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     modules = {}
     for name, stage in stages.items():
         match = _STAGE_MODULE.search(" ".join(stage["cmd"]) if isinstance(stage["cmd"], list) else stage["cmd"])
         if not match:
-            raise ValueError(f"{dvc_yaml}: stage {name!r}: its cmd does not run 'python -m stages.<module>'")
+            raise ValueError(f"{dvc_yaml}: stage {name!r}: its cmd does not run 'python -m <module>'")
         modules[name] = match.group(1)
     return modules
 
 
-def declared_code_deps(dvc_yaml: Path) -> dict[str, set[str]]:
-    """Stage name -> the project source files among its declared deps."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    return {name: {d for d in stage.get("deps", []) if isinstance(d, str) and _CODE_DEP.match(d)} for name, stage in stages.items()}
+def stage_scripts(root: Path = ROOT) -> list[str]:
+    """Every stage script's module ('stages.probes'): the modules of stages/ that have a main()."""
+    return sorted(f"stages.{p.stem}" for p in (root / "stages").glob("*.py") if "def main(" in p.read_text())
+
+
+def code_file(module: str, out_dir: Path | str = CODE_DIR) -> Path:
+    """The code file of a stage script: 'stages.probes' -> artifacts/code/probes.json."""
+    return Path(out_dir) / f"{module.rpartition('.')[2]}.json"
+
+
+def code_record(module: str, root: Path = ROOT) -> dict:
+    """{module, files: {path: sha256}} of every file of the module's closure."""
+    files = {path: hashlib.sha256((root / path).read_bytes()).hexdigest() for path in closure(module, root)}
+    return {"module": module, "files": files}
+
+
+def write_code_files(out_dir: Path, root: Path = ROOT) -> list[Path]:
+    """One code file per stage script into `out_dir` (replaced as a whole)."""
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    written = []
+    for module in stage_scripts(root):
+        path = code_file(module, out_dir)
+        path.write_text(json.dumps(code_record(module, root), indent=1, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+def changed_scripts(out_dir: Path | str = CODE_DIR, root: Path = ROOT) -> dict[str, list[str]]:
+    """Stage script -> the files of its closure that differ from its code file in `out_dir` (added,
+    edited or removed); scripts whose code is unchanged are left out."""
+    changed = {}
+    for module in stage_scripts(root):
+        path = root / code_file(module, out_dir)
+        recorded = json.loads(path.read_text())["files"] if path.exists() else {}
+        current = code_record(module, root)["files"]
+        differ = sorted(p for p in set(recorded) | set(current) if recorded.get(p) != current.get(p))
+        if differ:
+            changed[module] = differ
+    return changed
 
 
 def problems(root: Path = ROOT) -> list[str]:
-    """Each stage whose declared code deps miss a file of its closure, or list one outside it."""
+    """Each stage that does not depend on its script's code file, or that lists project source
+    files directly (the code file stands for them)."""
     dvc_yaml = root / DVC_YAML
-    declared = declared_code_deps(dvc_yaml)
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     found = []
     for name, module in stage_modules(dvc_yaml).items():
-        needed = set(closure(module, root))
-        for path in sorted(needed - declared[name]):
-            found.append(f"stage {name!r} ({module}) imports {path}, which is not among its deps in {DVC_YAML}")
-        for path in sorted(declared[name] - needed):
-            found.append(f"stage {name!r} ({module}) lists {path} in its deps but never imports it")
+        deps = [str(d) for d in stages[name].get("deps", [])]
+        if module == "pipeline.code_deps":  # the `code` stage itself: it depends on pipeline/ and stages/
+            continue
+        wanted = code_file(module).as_posix()
+        if wanted not in deps:
+            found.append(f"stage {name!r} ({module}) does not list {wanted} among its deps in {DVC_YAML}")
+        for path in deps:
+            if _CODE_DEP.match(path):
+                found.append(f"stage {name!r} lists the source file {path}; depend on {wanted} instead")
     return found
-
-
-def rewrite(text: str, code_deps: dict[str, tuple[str, ...]]) -> str:
-    """dvc.yaml text with each stage's code deps replaced by `code_deps[stage]` (after its other
-    deps); comments and every other line are kept as they are."""
-    out: list[str] = []
-    stage, pending = None, None
-    for line in text.splitlines(keepends=True):
-        if pending is not None:
-            item = re.match(r"^      - (\S+)\s*$", line)
-            if item:
-                if not _CODE_DEP.match(item.group(1)):
-                    out.append(line)
-                continue
-            out.extend(f"      - {path}\n" for path in pending)
-            pending = None
-        header = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
-        if header:
-            stage = header.group(1)
-        elif re.match(r"^\S", line):
-            stage = None
-        out.append(line)
-        if stage and re.match(r"^    deps:\s*$", line):
-            if stage not in code_deps:
-                raise ValueError(f"{DVC_YAML}: stage {stage!r} has no stage module")
-            pending = code_deps[stage]
-    if pending is not None:
-        out.extend(f"      - {path}\n" for path in pending)
-    return "".join(out)
-
-
-def write(root: Path = ROOT) -> bool:
-    """Regenerate the code deps of every stage in dvc.yaml; True if the file changed."""
-    dvc_yaml = root / DVC_YAML
-    text = dvc_yaml.read_text()
-    new = rewrite(text, {name: closure(module, root) for name, module in stage_modules(dvc_yaml).items()})
-    if new != text:
-        dvc_yaml.write_text(new)
-    return new != text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="regenerate the code deps in dvc.yaml")
+    parser.add_argument("--out", type=Path, help="write the code files here (the `code` stage)")
+    parser.add_argument("--changed", action="store_true", help="list the stage scripts whose code changed since the last run")
     args = parser.parse_args()
-    if args.write:
-        print(f"{DVC_YAML}: code deps {'updated' if write() else 'already up to date'}")
+    if args.out:
+        written = write_code_files(args.out)
+        print(f"code: {len(written)} stage scripts -> {args.out}")
+        return
+    if args.changed:
+        changed = changed_scripts()
+        for module, files in changed.items():
+            print(f"{module}: {', '.join(files)}")
+        if not changed:
+            print(f"no stage script's code changed since {CODE_DIR} was written")
+        return
     found = problems()
     for problem in found:
         print(problem, file=sys.stderr)

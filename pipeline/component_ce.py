@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.config import Hook
-from pipeline.sae_outputs import encode_decode
+from pipeline.sae_inference import InferenceSAE, encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
 
 SETTINGS = ("sae", "sae_plus_linear_error", "sae_plus_nonlinear_error")
@@ -23,7 +22,7 @@ SETTINGS = ("sae", "sae_plus_linear_error", "sae_plus_nonlinear_error")
 
 @torch.no_grad()
 def component_ce(
-    model, sae: SAE, hook: Hook, probe_weight: np.ndarray, probe_bias: np.ndarray, contexts: np.ndarray, scored: np.ndarray, batch_size: int, progress: bool = True
+    model, sae: InferenceSAE, hook: Hook, probe_weight: np.ndarray, probe_bias: np.ndarray, contexts: np.ndarray, scored: np.ndarray, batch_size: int, progress: bool = True
 ) -> dict[str, float]:
     """CE recovered (%) by x_hat + e_hat and x_hat + n, the variance each restores (%) and each
     component's share of the squared error norm (%), over the scored tokens of `contexts`."""

@@ -17,18 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from pipeline.activation_store import open_store
+from pipeline.activation_store import open_store, store_path
 from pipeline.analysis_config import EarlierComponentsConfig
 from pipeline.config import Hook
-from pipeline.harvest import store_path
 from pipeline.lstsq import FitScore, NormalEquations
-from pipeline.probes import reconstruct
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
-from pipeline.saes import check_sae_fits, load_sae
+from pipeline.sae_output_store import SaeOutputs
 from pipeline.store_integrity import open_checked
 
 KINDS = ("sae_output", "activation", "error")
@@ -57,17 +54,17 @@ def predictor_sets(roles: list[str], target_role: str) -> dict[str, list[tuple[s
     return sets
 
 
-def _blocks(saes: dict[str, SAE], stores: dict[str, zarr.Array], first: int, stop: int) -> dict[tuple[str, str], np.ndarray]:
+def _blocks(outputs: dict[str, SaeOutputs], stores: dict[str, zarr.Array], first: int, stop: int) -> dict[tuple[str, str], np.ndarray]:
     blocks = {}
-    for role, sae in saes.items():
+    for role, stored in outputs.items():
         x = np.asarray(stores[role][first:stop], dtype=np.float32)
-        x_hat, err, _ = reconstruct(sae, x)
+        x_hat, err, _ = stored.reconstruction(first, x)
         blocks[role, "sae_output"], blocks[role, "activation"], blocks[role, "error"] = x_hat, x, err
     return blocks
 
 
 def fit_and_score(
-    saes: dict[str, SAE],
+    outputs: dict[str, SaeOutputs],
     stores: dict[str, zarr.Array],
     target_role: str,
     probe_weight: np.ndarray,
@@ -79,7 +76,7 @@ def fit_and_score(
 
     Each single (source, kind) set has its own normal equations; the combined sets share one
     over their union (the second is a column subset), so memory is O(sum of their squared widths)."""
-    sets = predictor_sets(list(saes), target_role)
+    sets = predictor_sets(list(outputs), target_role)
     combined = max(sets.values(), key=len)  # the union of every multi-block set
     systems = {name: blocks for name, blocks in sets.items() if len(blocks) == 1}
     systems["combined"] = combined
@@ -89,7 +86,7 @@ def fit_and_score(
 
     def batches(start: int, stop: int, desc: str):
         for first in tqdm(range(start, stop, cfg.block_rows), desc=desc, disable=not progress):
-            blocks = _blocks(saes, stores, first, min(first + cfg.block_rows, stop))
+            blocks = _blocks(outputs, stores, first, min(first + cfg.block_rows, stop))
             x, err = blocks[target_role, "activation"], blocks[target_role, "error"]
             linear = x.astype(np.float64) @ probe_weight + probe_bias
             features = {name: np.hstack([blocks[b] for b in parts]) for name, parts in systems.items()}
@@ -124,18 +121,18 @@ def fit_and_score(
     return {name: {t: s.r2 for t, s in zip(TARGETS, per_target)} for name, per_target in scores.items()}
 
 
-def open_inputs(cfg: EarlierComponentsConfig, activations: Path, saes_dir: Path, probes_dir: Path):
-    """(saes by role, stores by role, target role, probe W, probe b) for the configured hooks
+def open_inputs(cfg: EarlierComponentsConfig, activations: Path, sae_outputs_dir: Path, probes_dir: Path):
+    """(SAE outputs by role, stores by role, target role, probe W, probe b) for the configured hooks
     (the target is always among the sources, as `same_site`)."""
-    saes, stores = {}, {}
+    outputs, stores = {}, {}
     for hook in dict.fromkeys([cfg.target, *cfg.sources]):  # keep order, drop repeats
         role = source_role(hook, cfg.target)
         stores[role] = open_store(store_path(activations, hook))
-        saes[role] = load_sae(saes_dir / sae_name(hook, cfg.width))
-        check_sae_fits(saes[role], stores[role].shape[1], None, str(saes_dir / sae_name(hook, cfg.width)))
         if stores[role].shape[0] != stores["same_site"].shape[0]:
             raise ValueError(f"{store_path(activations, hook)}: {stores[role].shape[0]} rows, the target store "
                              f"{stores['same_site'].shape[0]}; rerun `dvc repro harvest`")
+        outputs[role] = SaeOutputs(sae_outputs_dir / f"{sae_name(hook, cfg.width)}.zarr")
+        outputs[role].check_rows(RowSplit.of(stores[role]))
     target_role = "same_site"
     probes = open_checked(probes_dir / f"{sae_name(cfg.target, cfg.width)}.zarr")
-    return saes, stores, target_role, probes["probe_weight"][:], probes["probe_bias"][:]
+    return outputs, stores, target_role, probes["probe_weight"][:], probes["probe_bias"][:]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.activation_store import ActivationWriter
+from pipeline.activation_store import ActivationWriter, store_path
 from pipeline.code_deps import code_hash
 from pipeline.config import HarvestConfig, Hook, LmConfig
 from pipeline.models import (
@@ -35,11 +35,6 @@ from pipeline.models import (
 )
 from pipeline.sites import architecture, capturing, forward_until_captured, validate_hooks
 from pipeline.tokens import TokenStore
-
-
-def store_path(activations_dir: Path | str, hook: Hook | str) -> Path:
-    name = hook.name if isinstance(hook, Hook) else hook
-    return Path(activations_dir) / f"{name}.zarr"
 
 
 @dataclass

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import zarr
-from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
@@ -22,7 +21,7 @@ from pipeline.analysis_config import InterventionsConfig
 from pipeline.config import Hook
 from pipeline.replacements import INTERVENTIONS, ActivationStats, epsilon_random, replacement
 from pipeline.row_split import RowSplit
-from pipeline.sae_outputs import encode_decode
+from pipeline.sae_inference import InferenceSAE, encode_decode
 from pipeline.splice import PrefixCache, token_kl_and_ce
 
 
@@ -65,7 +64,7 @@ def _splice_rows(cache: PrefixCache, mask: torch.Tensor, rows: torch.Tensor) -> 
 
 @torch.no_grad()
 def run_interventions(
-    model, sae: SAE, hook: Hook, contexts: np.ndarray, scored: np.ndarray, stats: ActivationStats, cfg: InterventionsConfig, progress: bool = True
+    model, sae: InferenceSAE, hook: Hook, contexts: np.ndarray, scored: np.ndarray, stats: ActivationStats, cfg: InterventionsConfig, progress: bool = True
 ) -> TokenResults:
     """Every intervention on `contexts` (n, T) at the `scored` positions (n, T bool)."""
     device = next(model.parameters()).device

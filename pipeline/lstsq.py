@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -23,8 +22,8 @@ class LinearFit:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """x W + b in float64 (the product in float32: ample for scoring, twice as fast)."""
-        product = torch.from_numpy(np.asarray(x, dtype=np.float32)) @ torch.from_numpy(self.W.astype(np.float32))
-        return product.double().numpy() + self.b
+        product = np.asarray(x, dtype=np.float32) @ self.W.astype(np.float32)
+        return product.astype(np.float64) + self.b
 
 
 class NormalEquations:
@@ -66,20 +65,19 @@ class NormalEquations:
         if self.n == 0:
             raise ValueError("no rows were accumulated")
         cols = np.arange(len(self.xx)) if columns is None else np.asarray(columns)
-        xx, xy = torch.from_numpy(self.xx[np.ix_(cols, cols)]), torch.from_numpy(self.xy[cols])
-        shift_x, shift_y = torch.from_numpy(self.shift_x[cols]), torch.from_numpy(self.shift_y)
+        xx, xy = self.xx[np.ix_(cols, cols)], self.xy[cols]
+        shift_x, shift_y = self.shift_x[cols], self.shift_y
         if self.bias:
-            mx, my = torch.from_numpy(self.sx[cols]) / self.n, torch.from_numpy(self.sy) / self.n
-            xx = xx - self.n * torch.outer(mx, mx)
-            xy = xy - self.n * torch.outer(mx, my)
+            mx, my = self.sx[cols] / self.n, self.sy / self.n
+            xx = xx - self.n * np.outer(mx, mx)
+            xy = xy - self.n * np.outer(mx, my)
         if ridge:
-            xx = xx + ridge * torch.eye(len(xx), dtype=torch.float64)
-        W = torch.linalg.lstsq(xx, xy, driver="gelsd").solution if ridge == 0 else torch.linalg.solve(xx, xy)
-        if self.bias:
-            b = (my + shift_y) - (mx + shift_x) @ W
-        else:
-            b = torch.zeros(xy.shape[1], dtype=torch.float64)
-        return LinearFit(W=W.numpy(), b=b.numpy())
+            xx = xx + ridge * np.eye(len(xx))
+        # The minimum-norm solution (LAPACK gelsd) without a ridge: a rank-deficient X'X (a dead
+        # dimension, a constant feature) still gets a fit.
+        W = np.linalg.lstsq(xx, xy, rcond=None)[0] if ridge == 0 else np.linalg.solve(xx, xy)
+        b = (my + shift_y) - (mx + shift_x) @ W if self.bias else np.zeros(xy.shape[1])
+        return LinearFit(W=W, b=b)
 
 
 class FitScore:

@@ -60,8 +60,7 @@ SECTIONS = {**CORE_SECTIONS, **ANALYSIS_SECTIONS}
 OTHER_KEYS = ("launcher",)
 """Top-level keys of params.yaml that are not sections."""
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DEVICE_KEYS = ("lm.device", "train_sae.device", "sae_outputs.device", "probes.device", "scaling.device",
-               "synthetic.device", "pursuit.device")
+DEVICE_KEYS = ("lm.device", "train_sae.device", "sae_outputs.device", "synthetic.device", "pursuit.device")
 
 
 @dataclass(frozen=True)

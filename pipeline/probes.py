@@ -1,7 +1,7 @@
 """Linear probes of an SAE's error from the activation (docs/science.md, "Linear error" and "Error norm").
 
 Fit on the fit rows (train tokens no SAE trained on, `RowSplit.fit_rows`), in one
-streaming pass, the map x -> [e, ||e||^2, ||e||] (e = x - SAE(x)), then in a second pass over
+streaming pass, the map x -> [e, ||e||^2, ||e||] (e = x - x̂, x̂ as `sae_outputs` stored it), then in a second pass over
 the test tokens score it and write the linear error e_hat = x W + b and the nonlinear error
 n = e - e_hat (and W, b, for stages that need e_hat on other tokens).
 The norm baselines of `pipeline.norm_baselines` are fitted and scored in the same passes.
@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import zarr
-from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
@@ -23,7 +21,7 @@ from pipeline.analysis_config import ProbesConfig
 from pipeline.lstsq import FitScore, LinearFit, NormalEquations
 from pipeline.norm_baselines import BaselineScores, NormBaselines, RowFeatures
 from pipeline.row_split import RowSplit
-from pipeline.sae_outputs import encode_decode
+from pipeline.sae_output_store import SaeOutputs
 from pipeline.store_integrity import new_group, publish
 
 
@@ -61,14 +59,6 @@ def component_sq_norms(x: np.ndarray, x_hat: np.ndarray, err: np.ndarray, linear
     return np.stack([np.einsum("ij,ij->i", p, p) for p in (np.asarray(q, dtype=np.float64) for q in parts)], axis=1)
 
 
-def reconstruct(sae: SAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x_hat, e, L0) as numpy (float32, float32, int), computed exactly as sae_outputs does."""
-    x = np.asarray(x, dtype=np.float32)
-    latents, x_hat = encode_decode(sae, torch.from_numpy(x).to(sae.device))
-    x_hat = x_hat.float().cpu().numpy()
-    return x_hat, x - x_hat, (latents != 0).sum(-1).cpu().numpy()
-
-
 def _baseline_inputs(rows: RowFeatures, first: int, x: np.ndarray, l0: np.ndarray) -> tuple[np.ndarray, dict]:
     token_ids, features = rows.block(first, first + len(x))
     features.update(sae_l0=l0, x_norm=np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1))
@@ -81,7 +71,7 @@ def _targets(err: np.ndarray) -> np.ndarray:
 
 
 def fit_error_probes(
-    sae: SAE, acts: zarr.Array, rows: RowFeatures, cfg: ProbesConfig, progress: bool = True
+    outputs: SaeOutputs, acts: zarr.Array, rows: RowFeatures, cfg: ProbesConfig, progress: bool = True
 ) -> tuple[LinearFit, NormBaselines]:
     """One pass over the fit rows: the joint fit of e, ||e||^2 and ||e|| on x, and the norm baselines."""
     d = acts.shape[1]
@@ -90,7 +80,7 @@ def fit_error_probes(
     equations, baselines = NormalEquations(bias=cfg.bias), NormBaselines()
     blocks = iter_row_blocks(acts, start, stop, rows=cfg.block_rows)
     for first, x in tqdm(blocks, total=-(-(stop - start) // cfg.block_rows), desc="probes: fit", disable=not progress):
-        _, err, l0 = reconstruct(sae, x)
+        _, err, l0 = outputs.reconstruction(first, x)
         targets = _targets(err)
         equations.update(x, targets)
         baselines.update(*_baseline_inputs(rows, first, x, l0), targets[:, d:])
@@ -98,21 +88,21 @@ def fit_error_probes(
     return equations.solve(cfg.ridge), baselines
 
 
-def fit_component_norm_probes(sae: SAE, acts: zarr.Array, fit: LinearFit, cfg: ProbesConfig, progress: bool = True) -> LinearFit:
+def fit_component_norm_probes(outputs: SaeOutputs, acts: zarr.Array, fit: LinearFit, cfg: ProbesConfig, progress: bool = True) -> LinearFit:
     """A second pass over the fit rows (n needs the fitted map): x -> squared norm of each component."""
     d = acts.shape[1]
     fit_rows = RowSplit.of(acts).fit_rows
     start, stop = fit_rows.start, fit_rows.stop
     equations = NormalEquations(bias=True)
     blocks = iter_row_blocks(acts, start, stop, rows=cfg.block_rows)
-    for _, x in tqdm(blocks, total=-(-(stop - start) // cfg.block_rows), desc="probes: norms", disable=not progress):
-        x_hat, err, _ = reconstruct(sae, x)
+    for first, x in tqdm(blocks, total=-(-(stop - start) // cfg.block_rows), desc="probes: norms", disable=not progress):
+        x_hat, err, _ = outputs.reconstruction(first, x)
         equations.update(x, component_sq_norms(x, x_hat, err, fit.predict(x)[:, :d]))
     return equations.solve(cfg.ridge)
 
 
 def score_error_probes(
-    sae: SAE,
+    outputs: SaeOutputs,
     acts: zarr.Array,
     fit: LinearFit,
     norms_fit: LinearFit,
@@ -135,7 +125,7 @@ def score_error_probes(
     baseline_scores = BaselineScores()
     blocks = iter_row_blocks(acts, n_train, rows=cfg.block_rows)
     for first, x in tqdm(blocks, total=-(-n_test // cfg.block_rows), desc="probes: score", disable=not progress):
-        x_hat, err, l0 = reconstruct(sae, x)
+        x_hat, err, l0 = outputs.reconstruction(first, x)
         pred = fit.predict(x)
         linear, (pred_sq, pred_norm) = pred[:, :d], pred[:, d:].T
         target = _targets(err)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import zarr
-from sae_lens import SAE
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import iter_row_blocks
 from pipeline.analysis_config import PursuitConfig
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.row_split import RowSplit
-from pipeline.sae_outputs import encode_decode
+from pipeline.sae_output_store import SaeOutputs
 
 
 @torch.no_grad()
@@ -68,27 +67,30 @@ def gradient_pursuit_reference(s: np.ndarray, decoder: np.ndarray, target_l0: in
 
 
 @torch.no_grad()
-def encoder_and_pursuit(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_hat by the encoder, its L0 per token, x_hat by pursuit at that L0, pursuit's L0)."""
-    latents, x_hat = encode_decode(sae, x)
-    l0 = (latents != 0).sum(-1)
-    decoder = sae.W_dec.detach().to(x.dtype)
-    w = gradient_pursuit(x - sae.b_dec.detach().to(x.dtype), decoder, l0)
-    return x_hat, l0, w @ decoder + sae.b_dec.detach().to(x.dtype), (w > 0).sum(-1)
+def pursue(decoder: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, l0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat by pursuit at each token's L0 `l0`, pursuit's own L0), with the SAE's decoder as the dictionary."""
+    w = gradient_pursuit(x - b_dec, decoder, l0)
+    return w @ decoder + b_dec, (w > 0).sum(-1)
 
 
-def pursuit_metrics(sae: SAE, acts: zarr.Array, cfg: PursuitConfig, probe_bias: bool, probe_ridge: float, progress: bool = True) -> dict:
+def pursuit_metrics(decoder: tuple[np.ndarray, np.ndarray], outputs: SaeOutputs, acts: zarr.Array, cfg: PursuitConfig,
+                    probe_bias: bool, probe_ridge: float, device: torch.device, progress: bool = True) -> dict:
     """Encoder vs pursuit on the test rows: FVU, L0, nonlinear FVU (each error's own linear probe,
-    fitted on the first `cfg.fit_rows` fit rows), and the per-token comparison of the two errors."""
+    fitted on the first `cfg.fit_rows` fit rows), and the per-token comparison of the two errors.
+    `decoder` = (W_dec, b_dec); the encoder's x_hat and L0 are the ones `sae_outputs` stored."""
     split = RowSplit.of(acts)
     start, n_train = split.fit_rows.start, split.n_train_rows
     stop = min(n_train, start + cfg.fit_rows)
+    W_dec, b_dec = (torch.from_numpy(a.astype(np.float32)).to(device) for a in decoder)
 
     def batches(first: int, last: int, desc: str):
-        for _, block in tqdm(iter_row_blocks(acts, first, last, rows=cfg.block_rows), desc=desc, disable=not progress,
-                             total=-(-(last - first) // cfg.block_rows)):
-            x = torch.from_numpy(np.asarray(block, dtype=np.float32)).to(sae.device)
-            yield x, *encoder_and_pursuit(sae, x)
+        for row, block in tqdm(iter_row_blocks(acts, first, last, rows=cfg.block_rows), desc=desc, disable=not progress,
+                               total=-(-(last - first) // cfg.block_rows)):
+            x = torch.from_numpy(np.asarray(block, dtype=np.float32)).to(device)
+            end = row + len(block)
+            enc = torch.from_numpy(outputs.x_hat(row, end)).to(device)
+            enc_l0 = torch.from_numpy(outputs.l0(row, end).astype(np.int64)).to(device)
+            yield x, enc, enc_l0, *pursue(W_dec, b_dec, x, enc_l0)
 
     probes = {"encoder": NormalEquations(bias=probe_bias), "pursuit": NormalEquations(bias=probe_bias)}
     for x, enc, _, pur, _ in batches(start, stop, "pursuit: fit probes"):

@@ -26,9 +26,11 @@ from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
+from pipeline.background import read_ahead
 from pipeline.config import ConfigError, Hook
 from pipeline.models import resolve_device
 from pipeline.sae_checkpoints import Checkpoints, run_key
+from pipeline.sae_inference import check_sae_fits
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
 
 
@@ -148,9 +150,9 @@ def train_sae(
     if checkpoints is not None and train.checkpoint_every > 0:
         saver = Checkpoints(checkpoints, run_key(store, n_train_rows, width, cfg, train, metadata, device))
     resume = saver.latest() if saver else None
-    batches = CountedBatches(
-        shuffled_batches(store, n_train_rows, train.batch_size, train.shuffle_chunks, train.seed,
-                         skip_batches=resume.batches_consumed if resume else 0),
+    batches = CountedBatches(  # read on a background thread, a few batches ahead of the training step
+        read_ahead(shuffled_batches(store, n_train_rows, train.batch_size, train.shuffle_chunks, train.seed,
+                                    skip_batches=resume.batches_consumed if resume else 0), depth=4),
         consumed=resume.batches_consumed if resume else 0,
     )
     trainer = SAETrainer(
@@ -241,15 +243,6 @@ def save_sae(sae: SAE, out_dir: Path) -> None:
     os.replace(tmp, out_dir)
 
 
-def load_sae(path: Path | str, device: str = "cpu") -> SAE:
-    path = Path(path)
-    if not (path / "cfg.json").exists():
-        raise FileNotFoundError(f"{path}: no cfg.json; not an SAE in sae-lens format (run the train_sae stage)")
-    sae = SAE.load_from_disk(path, device=device)
-    sae.eval()
-    return sae
-
-
 def validate_pretrained(cfg: SaeSetConfig, hook: Hook, width: int) -> tuple[str, str]:
     """(release, id) for one pretrained SAE, checked offline against sae-lens's directory or a local dir."""
     release = cfg.release[hook.site]
@@ -282,9 +275,3 @@ def load_pretrained(cfg: SaeSetConfig, hook: Hook, width: int, d_in: int, device
     check_sae_fits(sae, d_in, width, f"sae.release[{hook.site}] / sae.id_template ({release}: {sae_id})")
     return sae
 
-
-def check_sae_fits(sae: SAE, d_in: int, width: int | None, key: str) -> None:
-    if sae.cfg.d_in != d_in:
-        raise ConfigError(f"{key}: the SAE's d_in is {sae.cfg.d_in}, but the hook's activations have width {d_in}")
-    if width is not None and sae.cfg.d_sae != width:
-        raise ConfigError(f"{key}: the SAE has {sae.cfg.d_sae} latents, but sae.widths asks for {width}")

@@ -17,16 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import zarr
-from sae_lens import SAE
 from scipy.optimize import curve_fit
 from scipy.stats import pearsonr, spearmanr
 
-from pipeline.activation_store import iter_row_blocks
 from pipeline.lstsq import FitScore, NormalEquations
 from pipeline.row_split import RowSplit
-from pipeline.sae_outputs import encode_decode
+from pipeline.sae_output_store import SaeOutputs
 
 
 @dataclass
@@ -111,26 +107,23 @@ class LatentProbe:
     """(d_sae,) mean activation when active; NaN for latents that never fired."""
 
 
-def latent_vs_probe(sae: SAE, acts: zarr.Array, outputs: zarr.Group, block_rows: int) -> LatentProbe:
-    """docs/science.md, "Latent vs probe", for one SAE: the probe and the latents' mean activations from the fit rows
-    (`RowSplit.fit_rows`, encoded here), the probe scored on the test rows' stored x_hat (`sae_outputs` group)."""
-    b_dec = sae.b_dec.detach().cpu().double().numpy()
-    decoder = sae.W_dec.detach().cpu().double().numpy()
+def latent_vs_probe(decoder: tuple[np.ndarray, np.ndarray], outputs: SaeOutputs, split: RowSplit, block_rows: int) -> LatentProbe:
+    """docs/science.md, "Latent vs probe", for one SAE (`decoder` = (W_dec, b_dec)): the probe fitted on the fit rows'
+    x_hat and scored on the test rows' x_hat, and the latents' mean activations over the fit rows (all as
+    `sae_outputs` stored them)."""
+    decoder, b_dec = decoder
     d_sae = decoder.shape[0]
     equations, score = NormalEquations(bias=True), FitScore()
-    total, count = np.zeros(d_sae), np.zeros(d_sae)
-    fit_rows = RowSplit.of(acts).fit_rows
-    for _, x in iter_row_blocks(acts, fit_rows.start, fit_rows.stop, rows=block_rows):
-        latents, x_hat = encode_decode(sae, torch.from_numpy(np.asarray(x, dtype=np.float32)).to(sae.device))
-        centred = x_hat.cpu().double().numpy() - b_dec
+    for _, x_hat in outputs.iter_x_hat(split.fit_rows.start, split.fit_rows.stop, block_rows):
+        centred = np.asarray(x_hat, dtype=np.float64) - b_dec
         equations.update(centred, np.einsum("ij,ij->i", centred, centred))
-        latents = latents.cpu().double().numpy()
-        total += latents.sum(0)
-        count += (latents != 0).sum(0)
     probe = equations.solve()
-    for _, x_hat in iter_row_blocks(outputs["x_hat"], rows=block_rows):
+    for _, x_hat in outputs.iter_x_hat(split.test_rows.start, split.test_rows.stop, block_rows):
         centred = np.asarray(x_hat, dtype=np.float64) - b_dec
         score.update(np.einsum("ij,ij->i", centred, centred), probe.predict(centred)[:, 0])
+    total, count = outputs.latent_fit_stats()
+    if len(total) != d_sae:
+        raise ValueError(f"{outputs.path}: {len(total)} latents, but the SAE's decoder has {d_sae}")
 
     fired = count > 0
     mean_activation = np.full(d_sae, np.nan)

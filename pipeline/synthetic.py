@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sae_lens import SAE
 
 from pipeline.analysis_config import SyntheticConfig
 from pipeline.lstsq import FitScore, NormalEquations
-from pipeline.sae_outputs import encode_decode
+from pipeline.sae_inference import InferenceSAE, encode_decode
 
 
 @dataclass
@@ -44,14 +43,14 @@ class GridPoint:
 
 
 @torch.no_grad()
-def latent_order(sae: SAE, x_clean: torch.Tensor) -> torch.Tensor:
+def latent_order(sae: InferenceSAE, x_clean: torch.Tensor) -> torch.Tensor:
     """Latent indices from lowest to highest mean activation (zeros included) on x_clean."""
     latents, _ = encode_decode(sae, x_clean)
     return torch.argsort(latents.mean(0))
 
 
 @torch.no_grad()
-def run_grid(sae: SAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: SyntheticConfig) -> list[GridPoint]:
+def run_grid(sae: InferenceSAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: SyntheticConfig) -> list[GridPoint]:
     """Every (sigma_a, sigma_r, masked fraction) of the config, on the given real activations."""
     generator = torch.Generator().manual_seed(cfg.seed)
     acts = {name: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(sae.device) for name, a in (("train", train_acts), ("test", test_acts))}

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -30,11 +31,25 @@ class NonFiniteMetricError(ValueError):
     """A metric about to be written is NaN or infinite."""
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (interpreter start-up plus imports, when called first
+    thing), from /proc; None where there is no /proc."""
+    try:
+        started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def stage(name: str, reads: list[str], writes: list[str]) -> Iterator[None]:
-    """Log the stage's inputs and outputs and its wall time; turn a ConfigError into exit code 2."""
+    """Log the stage's inputs and outputs, how long the process took to get here (start-up and
+    imports: benchmarks/dag_overhead.py reads it) and its own wall time; turn a ConfigError into
+    exit code 2."""
+    age = process_age()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    log.info("%s: reads %s", name, ", ".join(reads))
+    log.info("%s: reads %s (started %s s ago)", name, ", ".join(reads), "?" if age is None else f"{age:.2f}")
     started = time.perf_counter()
     try:
         yield
@@ -94,15 +109,18 @@ def write_log(path: Path | str, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def per_sae_arguments(description: str, extra: tuple[tuple[str, type], ...] = (), store_out: bool = True) -> argparse.Namespace:
+def per_sae_arguments(description: str, extra: tuple[tuple[str, type], ...] = (), store_out: bool = True,
+                      sae: bool = True) -> argparse.Namespace:
     """Command line of a stage that runs once per SAE over one hook's activation store
-    (plus the required `extra` options, e.g. (("--tokens", Path),); `--out` if it writes a store)."""
+    (plus the required `extra` options, e.g. (("--tokens", Path),); `--sae` if it runs the SAE,
+    `--out` if it writes a store)."""
     parser = argparse.ArgumentParser(description=description)
     for option, kind in extra:
         parser.add_argument(option, type=kind, required=True)
     parser.add_argument("--hook", required=True)
     parser.add_argument("--activations", type=Path, required=True)
-    parser.add_argument("--sae", type=Path, required=True)
+    if sae:
+        parser.add_argument("--sae", type=Path, required=True)
     if store_out:
         parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)

@@ -11,7 +11,7 @@ from pipeline.models import load_model, resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.plots import grouped_bars
 from pipeline.sae_config import sae_name
-from pipeline.saes import load_sae
+from pipeline.sae_inference import load_sae
 from pipeline.store_integrity import open_checked
 from pipeline.tokens import TokenStore
 from stages.common import stage, write_json

@@ -12,14 +12,14 @@ from stages.common import stage, write_json
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for option in ("--activations", "--saes", "--probes", "--metrics", "--figure"):
+    for option in ("--activations", "--sae-outputs", "--probes", "--metrics", "--figure"):
         parser.add_argument(option, type=Path, required=True)
     args = parser.parse_args()
-    reads = ["params.yaml:earlier_components,sae.hooks,sae.widths", str(args.activations), str(args.saes), str(args.probes)]
+    reads = ["params.yaml:earlier_components,sae.hooks,sae.widths", str(args.activations), str(args.sae_outputs), str(args.probes)]
     with stage("earlier_components", reads=reads, writes=[str(args.metrics), str(args.figure)]):
         cfg = load_checked_params().earlier_components
-        saes, stores, target_role, weight, bias = open_inputs(cfg, args.activations, args.saes, args.probes)
-        r2 = fit_and_score(saes, stores, target_role, weight, bias, cfg)
+        outputs, stores, target_role, weight, bias = open_inputs(cfg, args.activations, args.sae_outputs, args.probes)
+        r2 = fit_and_score(outputs, stores, target_role, weight, bias, cfg)
         write_json(args.metrics, r2)
         title = f"Predicting the error of the {cfg.target} SAE (width {cfg.width}) from earlier components"
         grouped_bars(r2, title, "test R² (1 - FVU)", args.figure)

@@ -5,15 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.activation_store import open_store
+from pipeline.activation_store import open_store, store_path
 from pipeline.config import Hook
-from pipeline.harvest import store_path
 from pipeline.replacements import INTERVENTIONS
 from pipeline.models import load_model, resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.interventions import activation_stats, run_interventions, summarise
 from pipeline.plots import new_figure, save
-from pipeline.saes import check_sae_fits, load_sae
+from pipeline.sae_inference import check_sae_fits, load_sae
 from pipeline.tokens import TokenStore
 from stages.common import per_sae_arguments, shown, stage, write_json
 

@@ -3,25 +3,32 @@ tokens by gradient pursuit at each token's encoder L0; FVU, L0 and nonlinear FVU
 
 from pathlib import Path
 
-from pipeline.activation_store import open_store
-from pipeline.harvest import store_path
+from pipeline.activation_store import open_store, store_path
+from pipeline.config import ConfigError
 from pipeline.models import resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.pursuit import pursuit_metrics
-from pipeline.saes import check_sae_fits, load_sae
+from pipeline.row_split import RowSplit
+from pipeline.sae_files import read_decoder
+from pipeline.sae_output_store import SaeOutputs
 from stages.common import per_sae_arguments, stage, write_json
 
 
 def main() -> None:
-    args = per_sae_arguments(__doc__, store_out=False)
+    args = per_sae_arguments(__doc__, extra=(("--sae-outputs", Path),), store_out=False)
     store = store_path(args.activations, args.hook)
-    with stage("pursuit", reads=["params.yaml:pursuit,probes,sae", str(store), str(args.sae)], writes=[str(args.metrics)]):
+    reads = ["params.yaml:pursuit,probes,sae", str(store), str(args.sae), str(args.sae_outputs)]
+    with stage("pursuit", reads=reads, writes=[str(args.metrics)]):
         params = load_checked_params()
         cfg, probes = params.pursuit, params.probes
         acts = open_store(store)
-        sae = load_sae(args.sae, device=str(resolve_device(cfg.device, "pursuit.device")))
-        check_sae_fits(sae, acts.shape[1], None, f"--sae {args.sae}")
-        metrics = pursuit_metrics(sae, acts, cfg, probes.bias, probes.ridge)
+        decoder = read_decoder(args.sae)
+        if decoder[0].shape[1] != acts.shape[1]:
+            raise ConfigError(f"--sae {args.sae}: the SAE's d_in is {decoder[0].shape[1]}, but the hook's activations have width {acts.shape[1]}")
+        outputs = SaeOutputs(args.sae_outputs)
+        outputs.check_rows(RowSplit.of(acts))
+        device = resolve_device(cfg.device, "pursuit.device")
+        metrics = pursuit_metrics(decoder, outputs, acts, cfg, probes.bias, probes.ridge, device)
         write_json(args.metrics, metrics)
         print(f"pursuit {Path(args.sae).name}: FVU {metrics['encoder_fvu']:.4f} -> {metrics['pursuit_fvu']:.4f}, "
               f"nonlinear FVU {metrics['encoder_nonlinear_fvu']:.4f} -> {metrics['pursuit_nonlinear_fvu']:.4f}, "

@@ -1,11 +1,11 @@
-"""DVC stage `sae_outputs` (one per SAE): per-token reconstructions, errors and latents on test tokens."""
+"""DVC stage `sae_outputs` (one per SAE): run the SAE once over the fit and test rows; store x̂, L0
+and ||e|| for the analyses, and the SAE's test metrics."""
 
-from pipeline.activation_store import open_store
-from pipeline.harvest import store_path
+from pipeline.activation_store import open_store, store_path
 from pipeline.models import resolve_device
 from pipeline.params_check import load_checked_params
+from pipeline.sae_inference import check_sae_fits, load_sae
 from pipeline.sae_outputs import write_sae_outputs
-from pipeline.saes import check_sae_fits, load_sae
 from stages.common import per_sae_arguments, stage, write_json
 
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.activation_store import iter_row_blocks, open_store
-from pipeline.harvest import store_path
-from pipeline.models import resolve_device
+from pipeline.activation_store import iter_row_blocks
 from pipeline.params_check import load_checked_params
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
-from pipeline.saes import load_sae
+from pipeline.sae_files import read_decoder
+from pipeline.sae_output_store import SaeOutputs
 from pipeline.scaling import BANDS, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
 from pipeline.store_integrity import open_checked
 from stages.common import stage, write_csv, write_json
@@ -92,10 +91,10 @@ def draw_latent_probe(hook, results: dict, window: int, path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for option in ("--metrics-dir", "--activations", "--sae-outputs", "--probes", "--saes", "--tokens", "--out", "--plots", "--figures"):
+    for option in ("--metrics-dir", "--sae-outputs", "--probes", "--saes", "--tokens", "--out", "--plots", "--figures"):
         parser.add_argument(option, type=Path, required=True)
     args = parser.parse_args()
-    reads = ["params.yaml:scaling,sae.hooks,sae.widths", str(args.metrics_dir), str(args.activations), str(args.sae_outputs), str(args.probes), str(args.saes)]
+    reads = ["params.yaml:scaling,sae.hooks,sae.widths", str(args.metrics_dir), str(args.sae_outputs), str(args.tokens), str(args.probes), str(args.saes)]
     with stage("scaling", reads=reads, writes=[str(args.out), str(args.plots), str(args.figures)]):
         params = load_checked_params()
         cfg, sae_set = params.scaling, params.sae
@@ -110,15 +109,17 @@ def main() -> None:
             law = fit_power_law(widths, fvu) if len(widths) >= cfg.min_widths_for_fit else None
             if law is None:
                 log.info("scaling %s: %d widths < scaling.min_widths_for_fit=%d, no power-law fit", hook, len(widths), cfg.min_widths_for_fit)
-            outputs = [open_checked(args.sae_outputs / f"{n}.zarr") for n in names]
-            acts = open_store(store_path(args.activations, hook))
+            outputs = [SaeOutputs(args.sae_outputs / f"{n}.zarr") for n in names]
+            rows = RowSplit.of(open_checked(args.tokens))
+            for o in outputs:
+                o.check_rows(rows)
             split = split_row(args.tokens)
-            error_norms = [o["error_norm"][:].astype(np.float64) for o in outputs]
+            error_norms = [o.error_norm(rows.test_rows.start, rows.test_rows.stop).astype(np.float64) for o in outputs]
             nonlinear_norms = [row_norms(open_checked(args.probes / f"{n}.zarr")["nonlinear_error"], cfg.block_rows) for n in names]
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, split)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
-                latent[width] = latent_vs_probe(load_sae(args.saes / name, device=str(resolve_device(cfg.device, "scaling.device"))), acts, group, cfg.block_rows)
+                latent[width] = latent_vs_probe(read_decoder(args.saes / name), group, rows, cfg.block_rows)
 
             pursuit = {i: json.loads(p.read_text()) for i, n in enumerate(names) if (p := args.metrics_dir / "pursuit" / f"{n}.json").exists()}
             bands = error_bands(fvu, nonlinear, law.c if law else np.inf, pursuit)

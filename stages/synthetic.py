@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.activation_store import open_store
+from pipeline.activation_store import open_store, store_path
 from pipeline.analysis_config import SyntheticConfig
-from pipeline.harvest import store_path
 from pipeline.models import resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
-from pipeline.saes import check_sae_fits, load_sae
+from pipeline.sae_inference import check_sae_fits, load_sae
 from pipeline.synthetic import correlations, linear_share_of_added_error, run_grid
 from stages.common import shown, stage, write_csv, write_json
 

@@ -5,9 +5,8 @@ import shutil
 from dataclasses import fields
 from pathlib import Path
 
-from pipeline.activation_store import open_store
+from pipeline.activation_store import open_store, store_path
 from pipeline.config import Hook
-from pipeline.harvest import store_path
 from pipeline.params_check import load_checked_params
 from pipeline.row_split import RowSplit
 from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae

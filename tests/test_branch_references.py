@@ -72,9 +72,15 @@ def test_every_architecture_learns_a_planted_dictionary(architecture):
     assert abs(curve[-1].l0 - l0) < max(1.0, 0.35 * l0)
 
 
-def test_latent_vs_probe_against_numpy_and_scipy():
+def test_latent_vs_probe_against_numpy_and_scipy(tmp_path):
+    """Through the real chain: a sae-lens SAE saved in its format, `sae_outputs` over the store,
+    then latent_vs_probe on what it stored, against numpy and scipy on the SAE's own outputs."""
     from sae_lens import TopKSAE, TopKSAEConfig
 
+    from pipeline.sae_files import read_decoder
+    from pipeline.sae_inference import load_sae
+    from pipeline.sae_output_store import SaeOutputs
+    from pipeline.sae_outputs import write_sae_outputs
     from pipeline.scaling import latent_vs_probe
 
     store = planted_sparse_store(seed=1)
@@ -87,9 +93,9 @@ def test_latent_vs_probe_against_numpy_and_scipy():
         test_x_hat = sae.decode(sae.encode(torch.from_numpy(store[split.test_rows]))).numpy()
         fit_latents = sae.encode(torch.from_numpy(store[split.fit_rows])).double().numpy()
         fit_x_hat = sae.decode(sae.encode(torch.from_numpy(store[split.fit_rows]))).double().numpy()
-    outputs = zarr.open_group(store={}, mode="w")
-    outputs.create_array("x_hat", data=test_x_hat, chunks=(512, D))
-    got = latent_vs_probe(sae, store, outputs, block_rows=700)
+    sae.save_model(tmp_path / "sae")
+    write_sae_outputs(load_sae(tmp_path / "sae"), store, tmp_path / "outputs.zarr", {"d_sae": 32}, block_rows=300, progress=False)
+    got = latent_vs_probe(read_decoder(tmp_path / "sae"), SaeOutputs(tmp_path / "outputs.zarr"), split, block_rows=700)
 
     b_dec, decoder = sae.b_dec.detach().double().numpy(), sae.W_dec.detach().double().numpy()
     centred = fit_x_hat - b_dec

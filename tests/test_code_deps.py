@@ -1,5 +1,6 @@
-"""The DAG's code dependencies follow the imports: every stage lists the whole closure of
-project files its script imports, and an edit to one of them reruns every stage that imports it."""
+"""The DAG's code dependencies follow the imports: every stage depends on its script's code file
+(the hashes of the whole closure of project files the script imports, written by the `code`
+stage), and an edit to one of them reruns every stage that imports it, and no other."""
 
 import json
 import shutil
@@ -7,13 +8,13 @@ import shutil
 import pytest
 
 from pipeline import code_deps
-from pipeline.code_deps import closure, declared_code_deps, stage_modules
-from tests.conftest import REPO, run
+from pipeline.code_deps import changed_scripts, closure, code_file, stage_modules, write_code_files
+from tests.conftest import BIN, REPO, run
 
 
-def test_every_stage_lists_the_whole_closure_of_its_imports():
+def test_every_stage_depends_on_its_code_file():
     problems = code_deps.problems()
-    assert not problems, "dvc.yaml's code deps drifted; run `python -m pipeline.code_deps --write`:\n" + "\n".join(problems)
+    assert not problems, "dvc.yaml's code deps are wrong:\n" + "\n".join(problems)
 
 
 def write_tree(tmp_path):
@@ -25,7 +26,7 @@ def write_tree(tmp_path):
     (tmp_path / "pipeline" / "c.py").write_text("from . import d\n")
     (tmp_path / "pipeline" / "d.py").write_text("")
     (tmp_path / "pipeline" / "unused.py").write_text("")
-    (tmp_path / "stages" / "s.py").write_text("from pipeline.a import *\nfrom stages import helper\n")
+    (tmp_path / "stages" / "s.py").write_text("from pipeline.a import *\nfrom stages import helper\n\n\ndef main():\n    pass\n")
     (tmp_path / "stages" / "helper.py").write_text("")
 
 
@@ -38,16 +39,36 @@ def test_closure_follows_function_level_and_from_package_imports(tmp_path):
     )
 
 
-def test_the_check_names_the_stage_and_the_missing_file(tmp_path):
-    text = (REPO / "dvc.yaml").read_text().replace("      - pipeline/row_split.py\n", "", 1)
+def test_the_check_names_the_stage_and_the_missing_code_file(tmp_path):
+    text = (REPO / "dvc.yaml").read_text()
     shutil.copytree(REPO / "pipeline", tmp_path / "pipeline")
     shutil.copytree(REPO / "stages", tmp_path / "stages")
-    (tmp_path / "dvc.yaml").write_text(text)
+    (tmp_path / "dvc.yaml").write_text(text.replace("      - artifacts/code/probes.json\n", "", 1))
     problems = code_deps.problems(tmp_path)
-    assert len(problems) == 1 and "pipeline/row_split.py" in problems[0] and problems[0].startswith("stage '")
-    code_deps.write(tmp_path)  # the generator repairs it and touches nothing else
-    assert code_deps.problems(tmp_path) == []
-    assert (tmp_path / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
+    assert len(problems) == 1 and problems[0].startswith("stage 'probes'") and "artifacts/code/probes.json" in problems[0]
+    (tmp_path / "dvc.yaml").write_text(text.replace("      - artifacts/code/probes.json\n", "      - artifacts/code/probes.json\n      - pipeline/lstsq.py\n", 1))
+    problems = code_deps.problems(tmp_path)
+    assert len(problems) == 1 and "pipeline/lstsq.py" in problems[0]
+
+
+def test_a_code_file_changes_exactly_when_its_closure_does(tmp_path):
+    """The bytes of artifacts/code/<script>.json (what DVC compares) move with an edit to any file the
+    script imports, and with nothing else; `changed_scripts` names the edited file."""
+    write_tree(tmp_path)
+    out = tmp_path / "artifacts" / "code"
+    (path,) = write_code_files(out, tmp_path)
+    assert path == code_file("stages.s", out)
+    before = path.read_bytes()
+    (tmp_path / "pipeline" / "unused.py").write_text("x = 1\n")
+    assert changed_scripts(out, tmp_path) == {}
+    write_code_files(out, tmp_path)
+    assert path.read_bytes() == before
+    with open(tmp_path / "pipeline" / "d.py", "a") as handle:
+        handle.write("# a comment\n")
+    assert changed_scripts(out, tmp_path) == {"stages.s": ["pipeline/d.py"]}
+    write_code_files(out, tmp_path)
+    assert path.read_bytes() != before
+    assert changed_scripts(out, tmp_path) == {}
 
 
 def test_the_code_hash_changes_with_the_closure_only(tmp_path):
@@ -60,47 +81,36 @@ def test_the_code_hash_changes_with_the_closure_only(tmp_path):
     with open(tmp_path / "pipeline" / "d.py", "a") as handle:
         handle.write("# a comment\n")
     assert code_deps.code_hash("stages.s", tmp_path) != before
-    assert set(closure("stages.harvest")) == declared_code_deps(REPO / "dvc.yaml")["harvest"]
 
 
 @pytest.mark.slow
 def test_a_comment_edit_reruns_every_stage_that_imports_the_file(smoke_repo, tmp_path):
-    """In a copy of the smoke run, append a comment to encode_decode's module and to sites.py:
-    `dvc status` must report exactly the importers' stages as changed."""
+    """In a copy of the smoke run, append a comment to the SAE loader's module and to sites.py:
+    `--changed` names the importers' scripts, and once the `code` stage has run, `dvc status`
+    reports exactly the importers' stages as changed."""
     repo = tmp_path / "repo"
     shutil.copytree(smoke_repo, repo, symlinks=True)
     before = run(["dvc", "status", "--json"], repo).stdout
     assert before.strip() in ("{}", ""), f"the smoke run is not up to date: {before}"
-    edited = ("pipeline/sae_outputs.py", "pipeline/sites.py")
+    edited = ("pipeline/sae_inference.py", "pipeline/sites.py")
     for path in edited:
         with open(repo / path, "a") as handle:
             handle.write("\n# a comment added by test_code_deps\n")
-    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-    changed = {name.split("@")[0] for name in status}
-    modules = stage_modules(repo / "dvc.yaml")
+    assert set(json.loads(run(["dvc", "status", "--json"], repo).stdout)) == {"code"}
+    modules = {name: module for name, module in stage_modules(repo / "dvc.yaml").items() if name != "code"}
     importers = {name for name, module in modules.items() if set(edited) & set(closure(module, REPO))}
+    listed = run([str(BIN / "python"), "-m", "pipeline.code_deps", "--changed"], repo).stdout
+    assert {line.split(":")[0] for line in listed.splitlines()} == {modules[name] for name in importers}
+    run(["dvc", "repro", "code"], repo)
+    changed = {name.split("@")[0] for name in json.loads(run(["dvc", "status", "--json"], repo).stdout)}
     assert changed == importers, f"changed {sorted(changed)}, importers {sorted(importers)}"
-    assert {"sae_outputs", "probes", "pursuit", "synthetic", "interventions", "component_ce", "scaling", "error_saes",
-            "harvest"} <= changed
-    dry = run(["dvc", "repro", "--dry"], repo).stdout
-    ran = {line.split("'")[1].split("@")[0] for line in dry.splitlines() if line.startswith("Running stage")}
-    assert importers <= ran
+    assert {"sae_outputs", "synthetic", "interventions", "component_ce", "harvest"} <= changed
+    assert not {"probes", "scaling", "earlier_components", "sae_summary", "report"} & changed  # numpy-only: untouched
 
 
-def test_dvc_yaml_keeps_the_shape_the_generator_rewrites():
-    """`code_deps.rewrite` edits each stage's deps list line by line: it needs every item on its own
-    `      - path` line, no comment or blank line inside the list, and no duplicate entry."""
-    import re
-
+def test_no_stage_lists_a_dependency_twice():
     import yaml
 
-    lines = (REPO / "dvc.yaml").read_text().splitlines()
-    for i, line in enumerate(lines):
-        if re.match(r"^    deps:\s*$", line):
-            j = i + 1
-            while j < len(lines) and not re.match(r"^    \S", lines[j]) and not re.match(r"^  \S", lines[j]):
-                assert re.match(r"^      - \S+$", lines[j]), f"dvc.yaml:{j + 1}: {lines[j]!r} inside a deps list"
-                j += 1
     for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
         deps = stage.get("deps") or []
         assert len(deps) == len(set(map(str, deps))), f"stage {name!r} lists a dependency twice"

@@ -11,7 +11,7 @@ import torch
 import zarr
 
 from pipeline.activation_store import open_store
-from pipeline.saes import load_sae
+from pipeline.sae_inference import load_sae
 from stages.common import METRIC_RTOL
 from tests.conftest import params_with, run_stage, stages_to_rerun
 
@@ -163,7 +163,7 @@ def test_analysis_params_rerun_only_their_stage(smoke_repo, section, key, value,
 
 def test_earlier_components_width_without_sae_names_the_key(smoke_repo, tmp_path):
     params = params_with(smoke_repo, "earlier_components", "widths", [999])
-    args = ["--activations", "a", "--saes", "s", "--probes", "p", "--metrics", "m.json", "--figure", "f.png"]
+    args = ["--activations", "a", "--sae-outputs", "s", "--probes", "p", "--metrics", "m.json", "--figure", "f.png"]
     result = run_stage("earlier_components", args, tmp_path, params, check=False)
     assert result.returncode == 2
     assert "earlier_components.widths[0]: 999 is not in sae.widths" in result.stderr
@@ -207,9 +207,9 @@ def test_scaling_with_three_widths_fits_the_power_law_and_its_bands(smoke_repo, 
     name, acts = f"{hook}-256", ["--hook", hook, "--activations", "artifacts/activations"]
     run_stage("train_sae", [*acts, "--width", "256", "--out", f"saes/{name}", "--curve", "curve.csv"], tmp_path, params)
     run_stage("sae_outputs", [*acts, "--sae", f"saes/{name}", "--out", f"sae_outputs/{name}.zarr", "--metrics", f"metrics/sae/{name}.json"], tmp_path)
-    run_stage("probes", [*acts, "--sae", f"saes/{name}", "--tokens", "artifacts/tokens.zarr", "--lm-loss", "artifacts/lm_loss.zarr",
+    run_stage("probes", [*acts, "--sae-outputs", f"sae_outputs/{name}.zarr", "--tokens", "artifacts/tokens.zarr", "--lm-loss", "artifacts/lm_loss.zarr",
                          "--out", f"probes/{name}.zarr", "--metrics", f"metrics/probes/{name}.json"], tmp_path)
-    run_stage("scaling", ["--metrics-dir", "metrics", "--activations", "artifacts/activations", "--sae-outputs", "sae_outputs",
+    run_stage("scaling", ["--metrics-dir", "metrics", "--sae-outputs", "sae_outputs",
                           "--probes", "probes", "--saes", "saes", "--tokens", "artifacts/tokens.zarr", "--out", "scaling.json",
                           "--plots", "plots", "--figures", "figures"], tmp_path)
 

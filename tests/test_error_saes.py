@@ -11,7 +11,7 @@ import zarr
 
 from pipeline.activation_store import open_store
 from pipeline.error_saes import COMPONENTS, score
-from pipeline.saes import load_sae
+from pipeline.sae_inference import load_sae
 from stages.common import METRIC_RTOL
 
 pytestmark = pytest.mark.slow

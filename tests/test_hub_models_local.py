@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.activation_store import open_store
+from pipeline.activation_store import open_store, store_path
 from pipeline.config import DataConfig, HarvestConfig, LmConfig, ModelConfig, TokensConfig
-from pipeline.harvest import harvest, store_path
+from pipeline.harvest import harvest
 from pipeline.models import load_model, load_tokenizer, materialise
 from pipeline.text import documents
 from pipeline.tokens import TokenStore, bos_token_id, split_train_first, token_stream_contexts, write_token_store

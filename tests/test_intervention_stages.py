@@ -36,7 +36,7 @@ def test_interventions_metrics_are_complete_and_sane(smoke_repo):
 def test_component_ce_matches_naive_splicing(smoke_repo):
     """Recompute % CE recovered with a full forward pass per setting (pipeline.splice.splice_naive)."""
     from pipeline.models import load_model
-    from pipeline.saes import load_sae
+    from pipeline.sae_inference import load_sae
     from pipeline.splice import splice_naive
     from pipeline.tokens import TokenStore
 

@@ -52,7 +52,7 @@ def test_error_saes_stage_records_the_judge_score(smoke_repo, tmp_path):
     name = "blocks.2.hook_resid_post-512"
     for src in ("artifacts", ):
         (tmp_path / src).symlink_to(smoke_repo / src)
-    args = ["--hook", "blocks.2.hook_resid_post", "--activations", "artifacts/activations", "--sae", f"artifacts/saes/{name}",
+    args = ["--hook", "blocks.2.hook_resid_post", "--activations", "artifacts/activations", "--sae-outputs", f"artifacts/sae_outputs/{name}.zarr",
             "--probes", f"artifacts/probes/{name}.zarr", "--model", "artifacts/model", "--tokens", "artifacts/tokens.zarr",
             "--out", str(tmp_path / "out"), "--metrics", "m.json", "--curves", "curves", "--figure", "f.png"]
     run_stage("error_saes", args, tmp_path, params)

@@ -37,7 +37,7 @@ def test_the_committed_params_pass():
         ({"earlier_components__sources": ["blocks.2.hook_resid_post"]}, "earlier_components.sources[0]"),
         ({"sae__hooks": ["blocks.15.hook_resid_post", "blocks.9.hook_resid_post"]}, "sae.hooks[1]"),
         ({"lm__device": "gpu"}, "lm.device"),
-        ({"probes__device": "cuda:x"}, "probes.device"),
+        ({"pursuit__device": "cuda:x"}, "pursuit.device"),
         ({"lm__batch_size": 0}, "lm.batch_size"),
         ({"interventions__single_position": 127}, "interventions.single_position"),
         ({"train_sae__tokens": "many"}, "train_sae.tokens"),
@@ -85,7 +85,7 @@ def test_dvc_exp_run_fails_on_a_bad_value_before_any_work(tmp_path, override, ke
     assert result.returncode != 0
     assert f"configuration error: {key}" in output, output
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {"validate"}, ran
+    assert ran == {"code", "validate"}, ran  # `code` only hashes the source files
     print(f"dvc exp run -S {override}: failed after {seconds:.1f} s")
 
 
@@ -95,9 +95,9 @@ def test_resolve_device_names_the_callers_key():
     from pipeline.models import resolve_device
 
     expected_auto = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    assert resolve_device("auto", "probes.device").type == expected_auto
+    assert resolve_device("auto", "pursuit.device").type == expected_auto
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match=r"^probes\.device: 'cuda:1' asked for, but torch sees no CUDA device"):
-            resolve_device("cuda:1", "probes.device")
-    with pytest.raises(ConfigError, match=r"^scaling\.device: 'gpu' is not a torch device"):
-        resolve_device("gpu", "scaling.device")
+        with pytest.raises(ConfigError, match=r"^pursuit\.device: 'cuda:1' asked for, but torch sees no CUDA device"):
+            resolve_device("cuda:1", "pursuit.device")
+    with pytest.raises(ConfigError, match=r"^synthetic\.device: 'gpu' is not a torch device"):
+        resolve_device("gpu", "synthetic.device")

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.activation_store import iter_row_blocks, open_store
+from pipeline.activation_store import iter_row_blocks, open_store, store_path
 from pipeline.config import HarvestConfig, Hook, TokensConfig, section
-from pipeline.harvest import store_path
 from pipeline.models import load_model
 from pipeline.tokens import TokenStore
 from tests.conftest import run, stages_to_rerun

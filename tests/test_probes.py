@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from pipeline.activation_store import open_store
-from pipeline.saes import load_sae
+from pipeline.sae_inference import load_sae
 from stages.common import METRIC_RTOL
 from tests.conftest import stages_to_rerun
 
