@@ -135,11 +135,12 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
     train_flops = sum(params.train_sae.tokens * 12 * d_of[h] * w for h, w in saes) if sae.source == "train" else 0
     costs.append(StageCost("train_sae", "sae", train_flops, params.train_sae.tokens * len(saes) if train_flops else 0,
                            sum(sae_bytes(h, w) for h, w in saes), max(sae_bytes(h, w) for h, w in saes) * 4))
-    costs.append(StageCost("sae_outputs", "sae", sum(test * 4 * d_of[h] * w for h, w in saes), test * len(saes),
-                           sum(test * (2 * d_of[h] * 4 + l0 * 8) for h, _ in saes), max(sae_bytes(h, w) for h, w in saes)))
-    costs.append(StageCost("probes", "lstsq", sum((fit + test) * 2 * lstsq_flops_per_row(d_of[h], d_of[h]) for h, _ in saes)
-                           + sum((fit + test) * 4 * d_of[h] * w for h, w in saes), (fit + test) * len(saes),
-                           sum(test * 2 * d_of[h] * 4 for h, _ in saes), max(8 * (d_of[h] + 1) ** 2 * 3 + sae_bytes(h, w) for h, w in saes)))
+    # sae_outputs encodes the fit and test rows once; the analyses read its x_hat, L0 and ||e||.
+    costs.append(StageCost("sae_outputs", "sae", sum((fit + test) * 4 * d_of[h] * w for h, w in saes), (fit + test) * len(saes),
+                           sum((fit + test) * (d_of[h] * 4 + 8) for h, _ in saes), max(sae_bytes(h, w) for h, w in saes)))
+    costs.append(StageCost("probes", "lstsq", sum((fit + test) * 2 * lstsq_flops_per_row(d_of[h], d_of[h]) for h, _ in saes),
+                           (fit + test) * len(saes), sum(test * 2 * d_of[h] * 4 for h, _ in saes),
+                           max(8 * (d_of[h] + 1) ** 2 * 3 for h, _ in saes)))
     inter = params.interventions
     n_inter = 9 + inter.n_draws
     splice_tokens = inter.n_contexts * context

@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=HERE)
     parser.add_argument("--scale", default="smoke")
     parser.add_argument("--json", type=Path, help="also write the timings here")
+    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it, e.g. to profile DVC there")
     args = parser.parse_args()
 
     python = str(Path(sys.executable))
@@ -108,7 +109,9 @@ def main() -> None:
            "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     bare_start = bare_interpreter_start(python)
     with tempfile.TemporaryDirectory(prefix="dag_overhead-") as tmp:
-        repo = Path(tmp)
+        repo = args.keep or Path(tmp)
+        if args.keep:
+            repo.mkdir(parents=True)
         copy_repo(args.repo.resolve(), repo)
         lines, wall, code = timed_lines(["dvc", "exp", "run", "-S", f"scale={args.scale}"], repo, env)
     if code != 0:

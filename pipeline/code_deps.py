@@ -38,7 +38,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
 """Top-level packages of this project; imports of anything else are third-party."""
-DVC_YAML = "dvc.yaml"
+DVC_FILES = ("dvc.yaml", "dag/*/dvc.yaml")
+"""The DAG's files: the root one and one per matrix family (dvc.yaml says why)."""
 CODE_DIR = Path("artifacts/code")
 """Where the `code` stage writes each stage script's code file (relative to the repository)."""
 _STAGE_MODULE = re.compile(r"python -m ((?:stages|pipeline)\.\w+)")
@@ -113,14 +114,24 @@ def code_hash(module: str, root: Path = ROOT) -> str:
     return digest.hexdigest()[:16]
 
 
-def stage_modules(dvc_yaml: Path) -> dict[str, str]:
+def dag_stages(root: Path = ROOT) -> dict[str, dict]:
+    """Stage name, as `dvc repro -s` takes it ('dag/probes/dvc.yaml:probes' outside the root file),
+    -> its definition, over every file of the DAG."""
+    stages = {}
+    for pattern in DVC_FILES:
+        for path in sorted(root.glob(pattern)):
+            prefix = "" if path.parent == root else f"{path.relative_to(root).as_posix()}:"
+            stages.update({prefix + name: stage for name, stage in yaml.safe_load(path.read_text())["stages"].items()})
+    return stages
+
+
+def stage_modules(root: Path = ROOT) -> dict[str, str]:
     """Stage name -> the module its `cmd` runs ('python -m stages.x' or 'python -m pipeline.x')."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     modules = {}
-    for name, stage in stages.items():
+    for name, stage in dag_stages(root).items():
         match = _STAGE_MODULE.search(" ".join(stage["cmd"]) if isinstance(stage["cmd"], list) else stage["cmd"])
         if not match:
-            raise ValueError(f"{dvc_yaml}: stage {name!r}: its cmd does not run 'python -m <module>'")
+            raise ValueError(f"stage {name!r}: its cmd does not run 'python -m <module>'")
         modules[name] = match.group(1)
     return modules
 
@@ -171,16 +182,15 @@ def changed_scripts(out_dir: Path | str = CODE_DIR, root: Path = ROOT) -> dict[s
 def problems(root: Path = ROOT) -> list[str]:
     """Each stage that does not depend on its script's code file, or that lists project source
     files directly (the code file stands for them)."""
-    dvc_yaml = root / DVC_YAML
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    stages = dag_stages(root)
     found = []
-    for name, module in stage_modules(dvc_yaml).items():
+    for name, module in stage_modules(root).items():
         deps = [str(d) for d in stages[name].get("deps", [])]
         if module == "pipeline.code_deps":  # the `code` stage itself: it depends on pipeline/ and stages/
             continue
         wanted = code_file(module).as_posix()
         if wanted not in deps:
-            found.append(f"stage {name!r} ({module}) does not list {wanted} among its deps in {DVC_YAML}")
+            found.append(f"stage {name!r} ({module}) does not list {wanted} among its deps")
         for path in deps:
             if _CODE_DEP.match(path):
                 found.append(f"stage {name!r} lists the source file {path}; depend on {wanted} instead")

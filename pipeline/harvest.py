@@ -26,13 +26,8 @@ from tqdm.auto import tqdm
 from pipeline.activation_store import ActivationWriter, store_path
 from pipeline.code_deps import code_hash
 from pipeline.config import HarvestConfig, Hook, LmConfig
-from pipeline.models import (
-    checkpoint_fingerprint,
-    checkpoint_info,
-    load_model,
-    load_model_config,
-    resolve_device,
-)
+from pipeline.devices import resolve_device
+from pipeline.models import checkpoint_fingerprint, checkpoint_info, load_model, load_model_config
 from pipeline.sites import architecture, capturing, forward_until_captured, validate_hooks
 from pipeline.tokens import TokenStore
 

@@ -105,6 +105,10 @@ class TrainSaeConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    autocast: bool = False
+    """Run the SAE's forward and backward under bfloat16 autocast (weights and Adam state stay in
+    `dtype`; sae-lens's own `autocast`). Off by default: benchmarks/sae_bf16.py measures its speed and
+    its cost in test FVU (README, "SAEs")."""
 
     def __post_init__(self) -> None:
         if self.tokens < self.batch_size:

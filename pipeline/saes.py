@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from pipeline.background import read_ahead
 from pipeline.config import ConfigError, Hook
-from pipeline.models import resolve_device
+from pipeline.devices import resolve_device
 from pipeline.sae_checkpoints import Checkpoints, run_key
 from pipeline.sae_inference import check_sae_fits
 from pipeline.sae_config import SaeSetConfig, TrainSaeConfig
@@ -165,6 +165,7 @@ def train_sae(
             lr_warm_up_steps=train.lr_warm_up_steps,
             lr_decay_steps=decay_steps,
             device=device,
+            autocast=train.autocast,
             dead_feature_window=train.dead_feature_window,
             feature_sampling_window=max(1, train.steps),
             n_batches_for_norm_estimate=min(50, max(1, n_train_rows // train.batch_size)),

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pipeline.component_ce import component_ce
 from pipeline.config import Hook
-from pipeline.models import load_model, resolve_device
+from pipeline.devices import resolve_device
+from pipeline.models import load_model
 from pipeline.params_check import load_checked_params
 from pipeline.plots import grouped_bars
 from pipeline.sae_config import sae_name

@@ -8,7 +8,8 @@ import numpy as np
 from pipeline.activation_store import open_store, store_path
 from pipeline.config import Hook
 from pipeline.replacements import INTERVENTIONS
-from pipeline.models import load_model, resolve_device
+from pipeline.devices import resolve_device
+from pipeline.models import load_model
 from pipeline.params_check import load_checked_params
 from pipeline.interventions import activation_stats, run_interventions, summarise
 from pipeline.plots import new_figure, save

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.params_check import load_checked_params
 from pipeline.lm_loss import write_lm_loss
-from pipeline.models import resolve_device
+from pipeline.devices import resolve_device
 from stages.common import stage
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.activation_store import open_store, store_path
 from pipeline.config import ConfigError
-from pipeline.models import resolve_device
+from pipeline.devices import resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.pursuit import pursuit_metrics
 from pipeline.row_split import RowSplit

@@ -2,7 +2,7 @@
 and ||e|| for the analyses, and the SAE's test metrics."""
 
 from pipeline.activation_store import open_store, store_path
-from pipeline.models import resolve_device
+from pipeline.devices import resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.sae_inference import check_sae_fits, load_sae
 from pipeline.sae_outputs import write_sae_outputs

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.activation_store import open_store, store_path
 from pipeline.analysis_config import SyntheticConfig
-from pipeline.models import resolve_device
+from pipeline.devices import resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit

@@ -83,9 +83,15 @@ def stages_to_rerun(repo: Path, section: str, key: str, value) -> set[str]:
         dry = run(["dvc", "repro", "--dry"], repo).stdout
     finally:
         params_file.write_text(original)
-    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    ran = {short_name(line.split("'")[1]) for line in dry.splitlines() if line.startswith("Running stage")}
     assert {"validate", "report"} <= ran, f"a change to {section}.{key} did not rerun validate and the report"
     return ran - {"validate", "report"}
+
+
+def short_name(stage: str) -> str:
+    """A stage's name without the file DVC prefixes to stages outside the root dvc.yaml
+    ('dag/probes/dvc.yaml:probes@h-1' -> 'probes@h-1')."""
+    return stage.rpartition(":")[2]
 
 
 def copy_repo(dest: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import code_deps
 from pipeline.code_deps import changed_scripts, closure, code_file, stage_modules, write_code_files
-from tests.conftest import BIN, REPO, run
+from tests.conftest import BIN, REPO, run, short_name
 
 
 def test_every_stage_depends_on_its_code_file():
@@ -40,13 +40,16 @@ def test_closure_follows_function_level_and_from_package_imports(tmp_path):
 
 
 def test_the_check_names_the_stage_and_the_missing_code_file(tmp_path):
-    text = (REPO / "dvc.yaml").read_text()
-    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline")
-    shutil.copytree(REPO / "stages", tmp_path / "stages")
-    (tmp_path / "dvc.yaml").write_text(text.replace("      - artifacts/code/probes.json\n", "", 1))
+    for folder in ("pipeline", "stages", "dag"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    probes = tmp_path / "dag" / "probes" / "dvc.yaml"
+    text = probes.read_text()
+    probes.write_text(text.replace("      - artifacts/code/probes.json\n", "", 1))
     problems = code_deps.problems(tmp_path)
-    assert len(problems) == 1 and problems[0].startswith("stage 'probes'") and "artifacts/code/probes.json" in problems[0]
-    (tmp_path / "dvc.yaml").write_text(text.replace("      - artifacts/code/probes.json\n", "      - artifacts/code/probes.json\n      - pipeline/lstsq.py\n", 1))
+    assert len(problems) == 1 and problems[0].startswith("stage 'dag/probes/dvc.yaml:probes'"), problems
+    assert "artifacts/code/probes.json" in problems[0]
+    probes.write_text(text.replace("      - artifacts/code/probes.json\n", "      - artifacts/code/probes.json\n      - pipeline/lstsq.py\n", 1))
     problems = code_deps.problems(tmp_path)
     assert len(problems) == 1 and "pipeline/lstsq.py" in problems[0]
 
@@ -97,20 +100,18 @@ def test_a_comment_edit_reruns_every_stage_that_imports_the_file(smoke_repo, tmp
         with open(repo / path, "a") as handle:
             handle.write("\n# a comment added by test_code_deps\n")
     assert set(json.loads(run(["dvc", "status", "--json"], repo).stdout)) == {"code"}
-    modules = {name: module for name, module in stage_modules(repo / "dvc.yaml").items() if name != "code"}
+    modules = {short_name(name): module for name, module in stage_modules(repo).items() if name != "code"}
     importers = {name for name, module in modules.items() if set(edited) & set(closure(module, REPO))}
     listed = run([str(BIN / "python"), "-m", "pipeline.code_deps", "--changed"], repo).stdout
     assert {line.split(":")[0] for line in listed.splitlines()} == {modules[name] for name in importers}
     run(["dvc", "repro", "code"], repo)
-    changed = {name.split("@")[0] for name in json.loads(run(["dvc", "status", "--json"], repo).stdout)}
+    changed = {short_name(name).split("@")[0] for name in json.loads(run(["dvc", "status", "--json"], repo).stdout)}
     assert changed == importers, f"changed {sorted(changed)}, importers {sorted(importers)}"
     assert {"sae_outputs", "synthetic", "interventions", "component_ce", "harvest"} <= changed
     assert not {"probes", "scaling", "earlier_components", "sae_summary", "report"} & changed  # numpy-only: untouched
 
 
 def test_no_stage_lists_a_dependency_twice():
-    import yaml
-
-    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+    for name, stage in code_deps.dag_stages().items():
         deps = stage.get("deps") or []
         assert len(deps) == len(set(map(str, deps))), f"stage {name!r} lists a dependency twice"

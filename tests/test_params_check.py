@@ -92,7 +92,7 @@ def test_dvc_exp_run_fails_on_a_bad_value_before_any_work(tmp_path, override, ke
 def test_resolve_device_names_the_callers_key():
     import torch
 
-    from pipeline.models import resolve_device
+    from pipeline.devices import resolve_device
 
     expected_auto = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert resolve_device("auto", "pursuit.device").type == expected_auto
