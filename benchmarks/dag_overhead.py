@@ -1,6 +1,7 @@
 """Where the smoke DAG's wall time goes: the stages' own compute, or start-up and DVC's bookkeeping.
 
     python benchmarks/dag_overhead.py [--repo PATH] [--scale smoke] [--json OUT]
+    python benchmarks/dag_overhead.py --in-place [--json OUT]   # `dvc repro` here, at params.yaml's scale
 
 Copies the repository at --repo (default: this one; tracked and untracked-but-not-ignored files)
 into a fresh git repository, runs `dvc exp run -S scale=<scale>` there, and timestamps every line
@@ -102,20 +103,24 @@ def main() -> None:
     parser.add_argument("--scale", default="smoke")
     parser.add_argument("--json", type=Path, help="also write the timings here")
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it, e.g. to profile DVC there")
+    parser.add_argument("--in-place", action="store_true", help="run `dvc repro` in --repo itself (e.g. the default scale's `make repro`)")
     args = parser.parse_args()
 
     python = str(Path(sys.executable))
     env = {**os.environ, "PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     bare_start = bare_interpreter_start(python)
-    with tempfile.TemporaryDirectory(prefix="dag_overhead-") as tmp:
-        repo = args.keep or Path(tmp)
-        if args.keep:
-            repo.mkdir(parents=True)
-        copy_repo(args.repo.resolve(), repo)
-        lines, wall, code = timed_lines(["dvc", "exp", "run", "-S", f"scale={args.scale}"], repo, env)
+    if args.in_place:
+        lines, wall, code = timed_lines(["dvc", "repro"], args.repo.resolve(), env)
+    else:
+        with tempfile.TemporaryDirectory(prefix="dag_overhead-") as tmp:
+            repo = args.keep or Path(tmp)
+            if args.keep:
+                repo.mkdir(parents=True)
+            copy_repo(args.repo.resolve(), repo)
+            lines, wall, code = timed_lines(["dvc", "exp", "run", "-S", f"scale={args.scale}"], repo, env)
     if code != 0:
-        sys.exit("dvc exp run failed:\n" + "\n".join(line for _, line in lines[-40:]))
+        sys.exit("the run failed:\n" + "\n".join(line for _, line in lines[-40:]))
     timings = split_stages(lines, wall, bare_start)
     compute = sum(t.compute for t in timings)
 

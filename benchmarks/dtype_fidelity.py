@@ -19,9 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harvest_throughput import subset_token_store  # noqa: E402
-from pipeline.activation_store import open_store  # noqa: E402
+from pipeline.activation_store import open_store, store_path  # noqa: E402
 from pipeline.config import HarvestConfig, LmConfig  # noqa: E402
-from pipeline.harvest import harvest, store_path  # noqa: E402
+from pipeline.harvest import harvest  # noqa: E402
 from pipeline.tokens import TokenStore  # noqa: E402
 
 HOOKS = [

@@ -24,10 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.activation_store import open_store  # noqa: E402
-from pipeline.harvest import store_path  # noqa: E402
-from pipeline.sae_config import SaeSetConfig, TrainSaeConfig  # noqa: E402
+from pipeline.activation_store import open_store, store_path  # noqa: E402
 from pipeline.row_split import RowSplit  # noqa: E402
+from pipeline.sae_config import SaeSetConfig, TrainSaeConfig  # noqa: E402
 from pipeline.sae_inference import encode_decode, load_sae  # noqa: E402
 from pipeline.sae_outputs import write_sae_outputs  # noqa: E402
 from pipeline.saes import save_sae, train_sae  # noqa: E402

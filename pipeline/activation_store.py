@@ -80,9 +80,6 @@ class ActivationWriter:
             self._write(final=True)
         if self.next_row != self.array.shape[0]:
             raise IncompleteStoreError(f"{self.path}: closed at row {self.next_row} of {self.array.shape[0]}")
-        # The fingerprint (it names the code) only guards resuming; without it a finished store's
-        # bytes depend on its data alone, and a harvest rerun after a refactor reruns nothing downstream.
-        del self.array.attrs["fingerprint"]
         seal(self.path)
 
     def _write(self, final: bool) -> None:

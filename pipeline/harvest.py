@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 from tqdm.auto import tqdm
 
 from pipeline.activation_store import ActivationWriter, store_path
@@ -86,11 +87,14 @@ def _append_all(writers: dict[str, ActivationWriter], blocks: dict[str, np.ndarr
 
 
 def _move_into_place(scratch: Path, out_dir: Path, stores: list[Path]) -> None:
-    """Replace `out_dir` by the finished stores (renames, where the scratch folder is on the same disk)."""
+    """Replace `out_dir` by the finished stores (renames, where the scratch folder is on the same disk).
+    Each loses its fingerprint first: it names the code and only guards resuming, and without it a
+    finished store's bytes depend on its data alone (a rerun after a refactor reruns nothing downstream)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
     for store in stores:
+        del zarr.open_array(store, mode="r+").attrs["fingerprint"]
         shutil.move(store, out_dir / store.name)
     shutil.rmtree(scratch, ignore_errors=True)
 

@@ -29,6 +29,17 @@ from pipeline.code_deps import code_hash
 STATE_FILE = "state.pt"
 
 
+def store_content(store: zarr.Array) -> str:
+    """What the SAE trains on: the chunk manifest (each chunk's size and CRC32, written when a store
+    is sealed; pipeline.store_integrity) of the sealed store holding `store`, so a store rewritten
+    in place with other data never resumes an old checkpoint. An unsealed store: its path."""
+    root = zarr.open(store=store.store_path.store, mode="r")
+    manifest = root.attrs.get("chunk_manifest")
+    if manifest is None:
+        return str(store.store_path)
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def run_key(store: zarr.Array, n_train_rows: int, width: int, cfg, train, metadata: dict, device: str) -> str:
     """What determines the trained SAE: the data, the settings, the code, the libraries and the device."""
     import sae_lens
@@ -37,7 +48,7 @@ def run_key(store: zarr.Array, n_train_rows: int, width: int, cfg, train, metada
     identity = {
         "versions": [torch.__version__, sae_lens.__version__],
         "device": device,
-        "store": store.attrs.get("fingerprint", str(store.store_path)),
+        "store": store_content(store),
         "n_train_rows": n_train_rows,
         "width": width,
         "sae": asdict(cfg),

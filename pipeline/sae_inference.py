@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import ConfigError
+from pipeline.sae_files import WEIGHTS_FILE, check_fits
 
 CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
 
 DTYPES = {
     "float32": torch.float32,
@@ -204,9 +203,6 @@ def _read_weights(weights_file: Path, cfg: InferenceConfig) -> dict[str, torch.T
     return weights
 
 
-def check_sae_fits(sae: InferenceSAE, d_in: int, width: int | None, key: str) -> None:
-    """Raise a ConfigError naming `key` unless the SAE reads `d_in`-wide activations (and has `width` latents)."""
-    if sae.cfg.d_in != d_in:
-        raise ConfigError(f"{key}: the SAE's d_in is {sae.cfg.d_in}, but the hook's activations have width {d_in}")
-    if width is not None and sae.cfg.d_sae != width:
-        raise ConfigError(f"{key}: the SAE has {sae.cfg.d_sae} latents, but sae.widths asks for {width}")
+def check_sae_fits(sae, d_in: int, width: int | None, key: str) -> None:
+    """`check_fits` for a loaded SAE (an InferenceSAE or a sae-lens SAE)."""
+    check_fits(sae.cfg.d_in, sae.cfg.d_sae, d_in, width, key)

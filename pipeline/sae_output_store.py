@@ -5,13 +5,14 @@ The `sae_outputs` stage encodes each analysed row once; `probes`, `scaling`, `ea
 neither torch nor the SAE (numpy and zarr only).
 
 Group layout. Row i is activation-store row `first_store_row + i`: the fit rows, then the test
-rows (`pipeline.row_split`; the SAE-training rows are not stored):
+rows (`pipeline.row_split`; rows reserved for SAE training, if any, are not stored):
 - `x_hat` (n_fit + n_test, d) float32: the reconstruction; e = x - x_hat;
 - `l0` (n_fit + n_test,) int32: active latents per row;
 - `error_norm` (n_fit + n_test,) float32: ||e||;
 - `latent_fit_sum` (d_sae,) float64 and `latent_fit_count` (d_sae,) int64: per latent, the sum of
   its activations and the number of rows where it is active, over the fit rows.
-Attributes: `first_store_row`, `n_fit_rows`, `n_test_rows`, `metrics` (the SAE's test metrics).
+Attributes: `first_store_row`, `n_fit_rows`, `n_test_rows`, `d_sae`, `metrics` (the SAE's test
+metrics), `sae` (the SAE's folder).
 """
 
 from __future__ import annotations
@@ -85,17 +86,23 @@ class SaeOutputs:
         self.path = Path(path)
         self.group = open_checked(self.path)
         attrs = self.group.attrs
+        missing = [key for key in ("first_store_row", "n_fit_rows", "n_test_rows", "d_sae") if key not in attrs]
+        if missing:
+            raise ValueError(f"{self.path}: attributes {missing} missing: written by an older sae_outputs; rerun it "
+                             "(dvc repro)")
         self.first_store_row = int(attrs["first_store_row"])
         self.n_fit_rows = int(attrs["n_fit_rows"])
         self.n_test_rows = int(attrs["n_test_rows"])
+        self.d_sae = int(attrs["d_sae"])
 
     def check_rows(self, split: RowSplit) -> None:
-        """Raise unless the group holds exactly the fit and test rows of `split`."""
+        """Raise unless the group holds exactly the fit and test rows of `split` (the row split of the
+        activation or token store the caller reads)."""
         expected = stored_rows(split)
         held = slice(self.first_store_row, self.first_store_row + self.n_fit_rows + self.n_test_rows)
         if (held.start, held.stop, self.first_store_row + self.n_fit_rows) != (expected.start, expected.stop, split.n_train_rows):
             raise ValueError(f"{self.path}: holds activation-store rows [{held.start}, {held.stop}) with "
-                             f"{self.n_fit_rows} fit rows, but the activation store's split needs [{expected.start}, "
+                             f"{self.n_fit_rows} fit rows, but the row split needs [{expected.start}, "
                              f"{expected.stop}) with the test rows from {split.n_train_rows}; rerun sae_outputs (dvc repro)")
 
     def _local(self, first: int, stop: int) -> slice:

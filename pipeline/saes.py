@@ -117,6 +117,11 @@ class CountedBatches:
         self.consumed += 1
         return next(self.batches)
 
+    def close(self) -> None:
+        close = getattr(self.batches, "close", None)
+        if close:
+            close()
+
 
 @dataclass
 class CurvePoint:
@@ -155,46 +160,49 @@ def train_sae(
                                     skip_batches=resume.batches_consumed if resume else 0), depth=4),
         consumed=resume.batches_consumed if resume else 0,
     )
-    trainer = SAETrainer(
-        SAETrainerConfig(
-            total_training_samples=train.steps * train.batch_size,
-            train_batch_size_samples=train.batch_size,
-            lr=train.lr,
-            lr_end=0.0 if decay_steps else train.lr,
-            lr_scheduler_name="constant",
-            lr_warm_up_steps=train.lr_warm_up_steps,
-            lr_decay_steps=decay_steps,
-            device=device,
-            autocast=train.autocast,
-            dead_feature_window=train.dead_feature_window,
-            feature_sampling_window=max(1, train.steps),
-            n_batches_for_norm_estimate=min(50, max(1, n_train_rows // train.batch_size)),
-        ),
-        sae,
-        data_provider=batches,
-    )
-    curve: list[CurvePoint] = []
-    if resume:
-        curve = [CurvePoint(**point) for point in resume.restore(trainer)]
-    else:
-        if cfg.normalize_activations == "expected_average_only_in":
-            trainer.activation_scaler.estimate_scaling_factor(
-                d_in=sae.cfg.d_in,
-                data_provider=trainer.data_provider,
-                n_batches_for_norm_estimate=trainer.cfg.n_batches_for_norm_estimate,
-            )
-        if train.init_b_dec == "mean":
-            _init_b_dec_to_mean(trainer, n_batches=trainer.cfg.n_batches_for_norm_estimate)
-    first_step = trainer.n_training_steps
-    steps = tqdm(range(first_step, train.steps), desc=f"train SAE w={width}", unit="step", disable=not progress,
-                 initial=first_step, total=train.steps)
-    for step in steps:
-        out = trainer.step(next(trainer.data_provider))
-        trainer.n_training_steps += 1
-        if step % train.log_every == 0 or step == train.steps - 1:
-            curve.append(_curve_point(trainer, out, step))
-        if saver and trainer.n_training_steps % train.checkpoint_every == 0 and trainer.n_training_steps < train.steps:
-            saver.save(trainer, batches.consumed, [asdict(point) for point in curve])
+    try:
+        trainer = SAETrainer(
+            SAETrainerConfig(
+                total_training_samples=train.steps * train.batch_size,
+                train_batch_size_samples=train.batch_size,
+                lr=train.lr,
+                lr_end=0.0 if decay_steps else train.lr,
+                lr_scheduler_name="constant",
+                lr_warm_up_steps=train.lr_warm_up_steps,
+                lr_decay_steps=decay_steps,
+                device=device,
+                autocast=train.autocast,
+                dead_feature_window=train.dead_feature_window,
+                feature_sampling_window=max(1, train.steps),
+                n_batches_for_norm_estimate=min(50, max(1, n_train_rows // train.batch_size)),
+            ),
+            sae,
+            data_provider=batches,
+        )
+        curve: list[CurvePoint] = []
+        if resume:
+            curve = [CurvePoint(**point) for point in resume.restore(trainer)]
+        else:
+            if cfg.normalize_activations == "expected_average_only_in":
+                trainer.activation_scaler.estimate_scaling_factor(
+                    d_in=sae.cfg.d_in,
+                    data_provider=trainer.data_provider,
+                    n_batches_for_norm_estimate=trainer.cfg.n_batches_for_norm_estimate,
+                )
+            if train.init_b_dec == "mean":
+                _init_b_dec_to_mean(trainer, n_batches=trainer.cfg.n_batches_for_norm_estimate)
+        first_step = trainer.n_training_steps
+        steps = tqdm(range(first_step, train.steps), desc=f"train SAE w={width}", unit="step", disable=not progress,
+                     initial=first_step, total=train.steps)
+        for step in steps:
+            out = trainer.step(next(trainer.data_provider))
+            trainer.n_training_steps += 1
+            if step % train.log_every == 0 or step == train.steps - 1:
+                curve.append(_curve_point(trainer, out, step))
+            if saver and trainer.n_training_steps % train.checkpoint_every == 0 and trainer.n_training_steps < train.steps:
+                saver.save(trainer, batches.consumed, [asdict(point) for point in curve])
+    finally:
+        batches.close()  # stops the reader thread now, not when the trainer is collected
     if trainer.activation_scaler.scaling_factor is not None:
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     trainer.set_final_sae_metadata()

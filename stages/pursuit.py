@@ -4,12 +4,11 @@ tokens by gradient pursuit at each token's encoder L0; FVU, L0 and nonlinear FVU
 from pathlib import Path
 
 from pipeline.activation_store import open_store, store_path
-from pipeline.config import ConfigError
 from pipeline.devices import resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.pursuit import pursuit_metrics
 from pipeline.row_split import RowSplit
-from pipeline.sae_files import read_decoder
+from pipeline.sae_files import check_fits, read_decoder
 from pipeline.sae_output_store import SaeOutputs
 from stages.common import per_sae_arguments, stage, write_json
 
@@ -23,10 +22,10 @@ def main() -> None:
         cfg, probes = params.pursuit, params.probes
         acts = open_store(store)
         decoder = read_decoder(args.sae)
-        if decoder[0].shape[1] != acts.shape[1]:
-            raise ConfigError(f"--sae {args.sae}: the SAE's d_in is {decoder[0].shape[1]}, but the hook's activations have width {acts.shape[1]}")
         outputs = SaeOutputs(args.sae_outputs)
         outputs.check_rows(RowSplit.of(acts))
+        # The widths must agree: the stored encoder outputs must be this SAE's.
+        check_fits(decoder[0].shape[1], decoder[0].shape[0], acts.shape[1], outputs.d_sae, f"--sae {args.sae} (--sae-outputs {args.sae_outputs})")
         device = resolve_device(cfg.device, "pursuit.device")
         metrics = pursuit_metrics(decoder, outputs, acts, cfg, probes.bias, probes.ridge, device)
         write_json(args.metrics, metrics)

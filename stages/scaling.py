@@ -99,6 +99,8 @@ def main() -> None:
         params = load_checked_params()
         cfg, sae_set = params.scaling, params.sae
         widths = sorted(sae_set.widths)
+        row_split = RowSplit.of(open_checked(args.tokens))
+        half = split_row(args.tokens)
         results = {}
         for hook in sae_set.hooks:
             names = [sae_name(hook, w) for w in widths]
@@ -110,16 +112,15 @@ def main() -> None:
             if law is None:
                 log.info("scaling %s: %d widths < scaling.min_widths_for_fit=%d, no power-law fit", hook, len(widths), cfg.min_widths_for_fit)
             outputs = [SaeOutputs(args.sae_outputs / f"{n}.zarr") for n in names]
-            rows = RowSplit.of(open_checked(args.tokens))
             for o in outputs:
-                o.check_rows(rows)
-            split = split_row(args.tokens)
-            error_norms = [o.error_norm(rows.test_rows.start, rows.test_rows.stop).astype(np.float64) for o in outputs]
+                o.check_rows(row_split)
+            test = row_split.test_rows
+            error_norms = [o.error_norm(test.start, test.stop).astype(np.float64) for o in outputs]
             nonlinear_norms = [row_norms(open_checked(args.probes / f"{n}.zarr")["nonlinear_error"], cfg.block_rows) for n in names]
-            r2, gain = per_token_scaling(error_norms, nonlinear_norms, split)
+            r2, gain = per_token_scaling(error_norms, nonlinear_norms, half)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
-                latent[width] = latent_vs_probe(read_decoder(args.saes / name), group, rows, cfg.block_rows)
+                latent[width] = latent_vs_probe(read_decoder(args.saes / name), group, row_split, cfg.block_rows)
 
             pursuit = {i: json.loads(p.read_text()) for i, n in enumerate(names) if (p := args.metrics_dir / "pursuit" / f"{n}.json").exists()}
             bands = error_bands(fvu, nonlinear, law.c if law else np.inf, pursuit)

@@ -92,9 +92,10 @@ def test_per_token_scaling_matches_numpy(smoke_repo):
     hook = TARGET
     outputs = [zarr.open_group(smoke_repo / f"artifacts/sae_outputs/{hook}-{w}.zarr", mode="r") for w in (128, 512)]
     probes = zarr.open_group(smoke_repo / f"artifacts/probes/{hook}-128.zarr", mode="r")
-    e_small, e_large = (o["error_norm"][:].astype(np.float64) for o in outputs)
+    first_test_row = int(outputs[0].attrs["first_store_row"]) + int(outputs[0].attrs["n_fit_rows"])
+    e_small, e_large = (o["error_norm"][int(o.attrs["n_fit_rows"]) :].astype(np.float64) for o in outputs)
     n_small = np.linalg.norm(probes["nonlinear_error"][:].astype(np.float64), axis=1)
-    contexts = zarr.open_group(smoke_repo / "artifacts/tokens.zarr", mode="r")["rows/context"][int(outputs[0].attrs["first_store_row"]) :]
+    contexts = zarr.open_group(smoke_repo / "artifacts/tokens.zarr", mode="r")["rows/context"][first_test_row:]
     split = int(np.searchsorted(contexts, np.unique(contexts)[len(np.unique(contexts)) // 2]))
 
     def split_r2(columns):

@@ -131,7 +131,7 @@ def test_every_analysis_and_the_report_exist(paper_run):
         assert (repo / path).exists(), path
     page = (repo / "reports" / "index.html").read_text()
     assert "gemma2_2b" in page and "blocks.19.hook_resid_post" in page
-    # Two stages compute the encoder's test FVU independently: sae_outputs and pursuit.
+    # sae_outputs' FVU and pursuit's (its own FitScore, on the x_hat sae_outputs stored) must agree.
     name = f"blocks.12.hook_resid_post-{WIDTH}"
     sae_fvu = json.loads((repo / "metrics" / "sae" / f"{name}.json").read_text())["fvu"]
     assert json.loads((repo / "metrics" / "pursuit" / f"{name}.json").read_text())["encoder_fvu"] == pytest.approx(sae_fvu, rel=1e-4)

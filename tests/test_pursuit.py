@@ -85,4 +85,5 @@ def test_pursuit_stage_on_the_smoke_sae(smoke_repo):
     assert 0.5 < m["share_of_tokens_pursuit_better"] <= 1
     assert m["per_token_error_ratio"]["q50"] < 1
     sae_fvu = json.loads((smoke_repo / "metrics/sae/blocks.2.hook_resid_post-512.json").read_text())["fvu"]
-    assert m["encoder_fvu"] == pytest.approx(sae_fvu, rel=1e-5)  # same test tokens as sae_outputs
+    # pursuit reads the x_hat sae_outputs stored: its FVU code and sae_outputs' must agree on it.
+    assert m["encoder_fvu"] == pytest.approx(sae_fvu, rel=1e-5)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from sae_lens import SAE
@@ -184,6 +185,20 @@ def test_bfloat16_matches_sae_lens(tmp_path, architecture):
     reference, paths = _saved_copies(sae, tmp_path)
     assert reference.dtype == torch.bfloat16
     _assert_agree(reference, paths[0], x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_the_numpy_decoder_reader_matches_sae_lens(tmp_path, dtype):
+    """pipeline.sae_files.read_decoder (numpy only: the analyses that need the decoder but run no SAE)."""
+    from pipeline.sae_files import read_decoder
+
+    sae, _ = _build("topk", "expected_average_only_in", folded=True, dtype=dtype)
+    save_sae(sae, tmp_path / "sae")
+    reference = SAE.load_from_disk(tmp_path / "sae")
+    W_dec, b_dec = read_decoder(tmp_path / "sae")
+    assert W_dec.dtype == b_dec.dtype == np.float64
+    np.testing.assert_array_equal(W_dec, reference.W_dec.detach().double().numpy())
+    np.testing.assert_array_equal(b_dec, reference.b_dec.detach().double().numpy())
 
 
 def test_import_leaves_sae_lens_out():

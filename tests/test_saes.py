@@ -51,7 +51,7 @@ def test_metrics_and_outputs_agree_with_sae_lens_and_numpy(smoke_repo, smoke_act
     x = x.astype(np.float64)
     np.testing.assert_allclose(outputs["error_norm"][:], np.linalg.norm(x - x_hat, axis=1), rtol=1e-4)
     n_fit = split.n_train_rows - split.fit_rows.start
-    np.testing.assert_allclose(outputs["latent_fit_sum"][:], latents[:n_fit].sum(0), rtol=1e-9)
+    np.testing.assert_allclose(outputs["latent_fit_sum"][:], latents[:n_fit].sum(0), rtol=1e-5)
     np.testing.assert_array_equal(outputs["latent_fit_count"][:], (latents[:n_fit] != 0).sum(0))
 
     test_x, test_x_hat = x[n_fit:], x_hat[n_fit:]
@@ -111,10 +111,10 @@ def test_stage_outputs_equal_a_fresh_load_of_the_saved_sae(smoke_repo, smoke_act
 
     name = f"{SMOKE_HOOK}-512"
     sae = SAE.load_from_disk(smoke_repo / f"artifacts/saes/{name}")
-    x = torch.from_numpy(smoke_acts[int(smoke_acts.attrs["n_train_rows"]) :])
-    stored = zarr.open_group(smoke_repo / f"artifacts/sae_outputs/{name}.zarr", mode="r")["x_hat"][:]
+    group = zarr.open_group(smoke_repo / f"artifacts/sae_outputs/{name}.zarr", mode="r")
+    x = torch.from_numpy(smoke_acts[int(group.attrs["first_store_row"]) :])
     with torch.no_grad():
-        assert np.array_equal(sae(x).numpy(), stored)
+        assert np.array_equal(sae(x).numpy(), group["x_hat"][:])
 
 
 @pytest.mark.slow

@@ -55,8 +55,21 @@ def sweep(smoke_repo, launcher):
         run(["dvc", "queue", "stop", "--kill"], smoke_repo, check=False)
 
 
-def _lock(repo: Path, rev: str) -> dict:
-    return yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], repo).stdout)
+LOCK_FILES = ("dvc.lock", "dag/train_sae/dvc.lock", "dag/sae_outputs/dvc.lock", "dag/probes/dvc.lock")
+
+
+def _full_name(lock_file: str, stage: str) -> str:
+    """The name `dvc stage list` gives: stages outside the root dvc.yaml carry their file."""
+    return stage if lock_file == "dvc.lock" else f"{lock_file.removesuffix('.lock')}.yaml:{stage}"
+
+
+def _lock(repo: Path, rev: str | None = None) -> dict:
+    """Every stage of every lock file (in the workspace, or at git `rev`), by its full name."""
+    stages = {}
+    for lock_file in LOCK_FILES:
+        text = (repo / lock_file).read_text() if rev is None else run(["git", "show", f"{rev}:{lock_file}"], repo).stdout
+        stages.update({_full_name(lock_file, name): entry for name, entry in yaml.safe_load(text)["stages"].items()})
+    return stages
 
 
 def _stage_of(command: str) -> str:
@@ -65,8 +78,10 @@ def _stage_of(command: str) -> str:
 
 @pytest.mark.slow
 def test_the_smoke_run_launched_every_stage_through_the_prefix(smoke_repo, launcher):
-    dag = run(["dvc", "stage", "list", "--name-only"], smoke_repo).stdout.split()
-    lock = yaml.safe_load((smoke_repo / "dvc.lock").read_text())["stages"]
+    dag = [name for name in run(["dvc", "stage", "list", "--all", "--name-only"], smoke_repo).stdout.split() if name != "code"]
+    assert any(name.startswith("dag/train_sae/dvc.yaml:train_sae@") for name in dag)
+    lock = _lock(smoke_repo)
+    assert lock["code"]["cmd"] == "python -m pipeline.code_deps --out artifacts/code"  # a second of hashing: run in place
     for name in dag:
         prefix = lock[name]["cmd"].strip().split(" ", 1)[0]
         assert prefix == str(launcher.script), f"{name}: {lock[name]['cmd']}"
@@ -85,12 +100,13 @@ def test_the_sweep_reran_only_what_depends_on_the_swept_parameter(sweep, smoke_r
     for stages in by_workdir.values():
         assert {"validate", "probes", "probes_summary", "pursuit", "error_saes", "report"} <= stages, stages
         assert not stages & set(REUSED), f"reran stages that do not depend on probes.ridge: {stages & set(REUSED)}"
-    workspace_lock = yaml.safe_load((smoke_repo / "dvc.lock").read_text())["stages"]
+    workspace_lock = _lock(smoke_repo)
+    reused = [name for name in workspace_lock if name.rpartition(":")[2].split("@")[0] in REUSED]
+    assert any("train_sae@" in name for name in reused) and any("sae_outputs@" in name for name in reused)
     for rev in experiments.values():
-        lock = _lock(smoke_repo, rev)["stages"]
-        for name in workspace_lock:
-            if name.split("@")[0] in REUSED:  # restored from the cache: the very same outputs
-                assert lock[name]["outs"] == workspace_lock[name]["outs"], name
+        lock = _lock(smoke_repo, rev)
+        for name in reused:  # restored from the cache: the very same outputs
+            assert lock[name]["outs"] == workspace_lock[name]["outs"], name
 
 
 @pytest.mark.slow
