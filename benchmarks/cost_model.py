@@ -193,7 +193,8 @@ def report(scale: str, params, rates: dict[str, float], gpu_flops: float, pretra
               f"{human(c.disk_bytes, 'B'):>10s} {human(c.memory_bytes, 'B'):>12s}")
     print(f"{'total':18s} {'':>10s} {duration(cpu_total):>10s} {'':>10s} {duration(gpu_total):>10s} {'':>10s} {human(disk_total, 'B'):>10s} "
           f"{human(peak, 'B'):>12s}")
-    print(f"GPU-hours: {gpu_total / 3600:.2f} (one GPU); plus ~7 s of Python start-up per stage on either device.")
+    print(f"GPU-hours: {gpu_total / 3600:.2f} (one GPU); plus start-up and DVC's bookkeeping on either device: a median "
+          "of 1.8 s per stage, 4-6 s for the stages that import sae-lens (benchmarks/dag_overhead.py, default scale).")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pipeline.config import ConfigError
 
@@ -61,6 +61,17 @@ def stage(name: str, reads: list[str], writes: list[str]) -> Iterator[None]:
                   "verifies the stores' checksums)", name, exc, ", ".join(reads))
         sys.exit(3)
     log.info("%s: wrote %s in %.1f s", name, ", ".join(writes), time.perf_counter() - started)
+
+
+def run_and_exit(main: Callable[[], None]) -> None:
+    """A stage script's entry point: run `main`, then end the process at once. Every output is
+    written and closed when `main` returns; the interpreter's own teardown (finalising torch,
+    sae-lens and their imports) would add up to 1.3 s per stage for nothing."""
+    main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def rounded(value: Any, where: str) -> Any:

@@ -15,7 +15,7 @@ from pipeline.sae_config import sae_name
 from pipeline.sae_inference import load_sae
 from pipeline.store_integrity import open_checked
 from pipeline.tokens import TokenStore
-from stages.common import stage, write_json
+from stages.common import run_and_exit, stage, write_json
 
 
 def main() -> None:
@@ -57,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -17,7 +17,7 @@ from pipeline.sae_output_store import SaeOutputs
 from pipeline.saes import CurvePoint, save_sae, train_sae
 from pipeline.store_integrity import open_checked
 from pipeline.tokens import TokenStore
-from stages.common import per_sae_arguments, stage, write_csv, write_json
+from stages.common import per_sae_arguments, run_and_exit, stage, write_csv, write_json
 
 
 def draw(curves: dict[str, list[CurvePoint]], metrics: dict, name: str, path: Path) -> Path:
@@ -75,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.harvest import harvest
 from pipeline.params_check import load_checked_params
-from stages.common import stage, write_json, write_log
+from stages.common import run_and_exit, stage, write_json, write_log
 
 
 def main() -> None:
@@ -42,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

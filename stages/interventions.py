@@ -15,7 +15,7 @@ from pipeline.interventions import activation_stats, run_interventions, summaris
 from pipeline.plots import new_figure, save
 from pipeline.sae_inference import check_sae_fits, load_sae
 from pipeline.tokens import TokenStore
-from stages.common import per_sae_arguments, shown, stage, write_json
+from stages.common import per_sae_arguments, run_and_exit, shown, stage, write_json
 
 SHOWN = ("substitution", "epsilon_random", "cov_random", "theta_random_sae_norm", "norm_corrected")
 
@@ -68,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -10,7 +10,7 @@ from pipeline.params_check import load_checked_params
 from pipeline.plots import new_figure, save
 from pipeline.published import published_range, published_text
 from pipeline.sae_config import sae_name
-from stages.common import shown, stage, write_csv, write_json
+from stages.common import run_and_exit, shown, stage, write_csv, write_json
 
 
 
@@ -57,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -6,7 +6,7 @@ from pathlib import Path
 from pipeline.params_check import load_checked_params
 from pipeline.lm_loss import write_lm_loss
 from pipeline.devices import resolve_device
-from stages.common import stage
+from stages.common import run_and_exit, stage
 
 
 def main() -> None:
@@ -21,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.params_check import load_checked_params
 from pipeline.models import materialise
-from stages.common import stage
+from stages.common import run_and_exit, stage
 
 
 def main() -> None:
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -10,7 +10,7 @@ from pipeline.params_check import load_checked_params
 from pipeline.probes import fit_component_norm_probes, fit_error_probes, score_error_probes
 from pipeline.row_split import RowSplit
 from pipeline.sae_output_store import SaeOutputs
-from stages.common import per_sae_arguments, stage, write_json
+from stages.common import per_sae_arguments, run_and_exit, stage, write_json
 
 
 def main() -> None:
@@ -32,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

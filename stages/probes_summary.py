@@ -13,7 +13,7 @@ from pipeline.published import published_text
 from pipeline.probes import COMPONENTS
 from pipeline.params_check import load_checked_params
 from pipeline.sae_config import sae_name
-from stages.common import stage, write_json
+from stages.common import run_and_exit, stage, write_json
 
 
 def by_width(table: dict, hooks: list[str], widths: list[int], path: Path) -> Path:
@@ -78,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -10,7 +10,7 @@ from pipeline.pursuit import pursuit_metrics
 from pipeline.row_split import RowSplit
 from pipeline.sae_files import check_fits, read_decoder
 from pipeline.sae_output_store import SaeOutputs
-from stages.common import per_sae_arguments, stage, write_json
+from stages.common import per_sae_arguments, run_and_exit, stage, write_json
 
 
 def main() -> None:
@@ -36,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.report import write_report
-from stages.common import stage
+from stages.common import run_and_exit, stage
 
 
 def main() -> None:
@@ -20,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -6,7 +6,7 @@ from pipeline.devices import resolve_device
 from pipeline.params_check import load_checked_params
 from pipeline.sae_inference import check_sae_fits, load_sae
 from pipeline.sae_outputs import write_sae_outputs
-from stages.common import per_sae_arguments, stage, write_json
+from stages.common import per_sae_arguments, run_and_exit, stage, write_json
 
 
 def main() -> None:
@@ -25,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.params_check import load_checked_params
 from pipeline.sae_config import sae_name
-from stages.common import stage, write_json
+from stages.common import run_and_exit, stage, write_json
 
 
 def main() -> None:
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

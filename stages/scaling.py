@@ -18,7 +18,7 @@ from pipeline.sae_files import read_decoder
 from pipeline.sae_output_store import SaeOutputs
 from pipeline.scaling import BANDS, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
 from pipeline.store_integrity import open_checked
-from stages.common import stage, write_csv, write_json
+from stages.common import run_and_exit, stage, write_csv, write_json
 
 log = logging.getLogger("stage")
 
@@ -145,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

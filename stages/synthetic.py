@@ -16,7 +16,7 @@ from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.sae_inference import check_sae_fits, load_sae
 from pipeline.synthetic import correlations, linear_share_of_added_error, run_grid
-from stages.common import shown, stage, write_csv, write_json
+from stages.common import run_and_exit, shown, stage, write_csv, write_json
 
 
 def draw(points, cfg: SyntheticConfig, path: Path) -> Path:
@@ -67,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

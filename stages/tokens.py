@@ -8,7 +8,7 @@ from pipeline.params_check import load_checked_params
 from pipeline.models import checkpoint_info, load_model_config, load_tokenizer, max_positions
 from pipeline.text import documents
 from pipeline.tokens import bos_token_id, split_train_first, token_stream_contexts, write_token_store
-from stages.common import stage
+from stages.common import run_and_exit, stage
 
 
 def main() -> None:
@@ -43,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -10,7 +10,7 @@ from pipeline.config import Hook
 from pipeline.params_check import load_checked_params
 from pipeline.row_split import RowSplit
 from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae
-from stages.common import stage, write_csv
+from stages.common import run_and_exit, stage, write_csv
 
 
 def main() -> None:
@@ -47,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.params_check import load_checked_params
-from stages.common import stage
+from stages.common import run_and_exit, stage
 
 MARKER = "params.yaml passed pipeline.params_check\n"
 """The marker's content never changes: it orders `validate` before `model` without making a
@@ -25,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)
