@@ -106,7 +106,10 @@ def test_per_token_scaling_matches_numpy(smoke_repo):
     base, new = split_r2([e_small]), split_r2([e_small, n_small])
     got = metrics(smoke_repo, "scaling.json")[hook]
     assert got["per_token_r2"]["128_to_512"] == pytest.approx(base, rel=METRIC_RTOL, abs=1e-12)
-    assert got["per_token_nonlinear_gain"]["128_to_512"] == pytest.approx((new - base) / (1 - base), rel=METRIC_RTOL, abs=1e-12)
+    # The gain is a difference of two R² near 0.96, divided by 1 - R²: the pipeline's normal
+    # equations (conditioned like the design squared) get each R² to ~1e-9, which the division turns
+    # into ~1e-7 of gain; numpy's lstsq factors the design itself.
+    assert got["per_token_nonlinear_gain"]["128_to_512"] == pytest.approx((new - base) / (1 - base), rel=METRIC_RTOL, abs=5e-7)
     assert "power_law" not in got  # two widths at smoke: no three-parameter fit
 
 

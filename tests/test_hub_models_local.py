@@ -96,14 +96,20 @@ def test_resume_from_unequal_committed_rows_with_batches_across_chunks(harvested
     every store ends identical to the uninterrupted run."""
     import zarr
 
+    from pipeline.config import Hook
+    from pipeline.harvest import _fingerprint
+
     _, _, _, stores, work = harvested
-    cfg = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], chunk_rows=16)
-    shutil.copytree(work / "acts", work / "scratch")  # the partial stores a kill leaves
+    cfg, lm = HarvestConfig(hooks=HOOKS + ["blocks.0.hook_resid_post"], chunk_rows=16), LmConfig(batch_size=5, device="cpu")
+    shutil.copytree(work / "acts", work / "scratch")  # the partial stores a kill leaves: they still carry their fingerprint
+    tokens = TokenStore.open(work / "tokens.zarr")
+    for name in cfg.hooks:
+        zarr.open_array(store_path(work / "scratch", name), mode="r+").attrs["fingerprint"] = _fingerprint(
+            work / "model", tokens, Hook.parse(name, "hook"), cfg, lm)
     behind, ahead = (store_path(work / "scratch", name) for name in cfg.hooks[:2])
     zarr.open_array(behind, mode="r+").attrs["committed_rows"] = 32
     zarr.open_array(ahead, mode="r+").attrs["committed_rows"] = 80
-    result = harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, LmConfig(batch_size=5, device="cpu"),
-                     scratch=work / "scratch", progress=False)
+    result = harvest(work / "model", work / "tokens.zarr", work / "acts", cfg, lm, scratch=work / "scratch", progress=False)
     assert result.resumed_from_row == 32 and result.rows_computed == result.n_rows - 32
     for name in cfg.hooks:
         np.testing.assert_array_equal(open_store(store_path(work / "acts", name))[:], stores[name])
