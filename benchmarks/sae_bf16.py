@@ -32,7 +32,7 @@ from pipeline.sae_output_store import MetricAccumulator  # noqa: E402
 from pipeline.saes import save_sae, train_sae  # noqa: E402
 
 
-def test_fvu(sae, test_rows: np.ndarray, autocast: bool, block: int = 4096) -> tuple[float, float]:
+def fvu_and_rate(sae, test_rows: np.ndarray, autocast: bool, block: int = 4096) -> tuple[float, float]:
     """(test FVU, tokens/s) of encode/decode over `test_rows`, optionally under bfloat16 autocast."""
     metrics = MetricAccumulator(test_rows.shape[1], sae.cfg.d_sae)
     started = time.perf_counter()
@@ -75,9 +75,9 @@ def main() -> None:
 
         fp32_rate, fp32_sae = results[False]
         bf16_rate, bf16_sae = results[True]
-        fvu_fp32, enc_fp32 = test_fvu(fp32_sae, test_rows, autocast=False)
-        fvu_bf16_trained, _ = test_fvu(bf16_sae, test_rows, autocast=False)
-        fvu_bf16_encoded, enc_bf16 = test_fvu(fp32_sae, test_rows, autocast=True)
+        fvu_fp32, enc_fp32 = fvu_and_rate(fp32_sae, test_rows, autocast=False)
+        fvu_bf16_trained, _ = fvu_and_rate(bf16_sae, test_rows, autocast=False)
+        fvu_bf16_encoded, enc_bf16 = fvu_and_rate(fp32_sae, test_rows, autocast=True)
 
     print(f"  training   float32 {fp32_rate:8.0f} tokens/s   bf16 autocast {bf16_rate:8.0f} tokens/s   "
           f"speed-up {bf16_rate / fp32_rate:.2f}x")

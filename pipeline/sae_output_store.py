@@ -94,6 +94,8 @@ class SaeOutputs:
         self.n_fit_rows = int(attrs["n_fit_rows"])
         self.n_test_rows = int(attrs["n_test_rows"])
         self.d_sae = int(attrs["d_sae"])
+        # Opened once: every block read would otherwise reread the array's metadata.
+        self._x_hat, self._l0, self._error_norm = (self.group[name] for name in ("x_hat", "l0", "error_norm"))
 
     def check_rows(self, split: RowSplit) -> None:
         """Raise unless the group holds exactly the fit and test rows of `split` (the row split of the
@@ -112,13 +114,13 @@ class SaeOutputs:
 
     def x_hat(self, first: int, stop: int) -> np.ndarray:
         """x̂ (float32) of activation-store rows [first, stop)."""
-        return self.group["x_hat"][self._local(first, stop)]
+        return self._x_hat[self._local(first, stop)]
 
     def l0(self, first: int, stop: int) -> np.ndarray:
-        return self.group["l0"][self._local(first, stop)]
+        return self._l0[self._local(first, stop)]
 
     def error_norm(self, first: int, stop: int) -> np.ndarray:
-        return self.group["error_norm"][self._local(first, stop)]
+        return self._error_norm[self._local(first, stop)]
 
     def reconstruction(self, first: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x̂, e = x - x̂, L0) for the block `x` of activation-store rows from `first` (float32, float32, int32)."""

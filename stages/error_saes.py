@@ -46,7 +46,7 @@ def main() -> None:
         acts = open_store(store)
         outputs = SaeOutputs(args.sae_outputs)
         outputs.check_rows(RowSplit.of(acts))
-        d_sae, name = int(outputs.group.attrs["d_sae"]), args.sae_outputs.stem
+        d_sae, name = outputs.d_sae, args.sae_outputs.stem
         probes = open_checked(args.probes)
         args.out.mkdir(parents=True, exist_ok=True)
         group = write_components(outputs, acts, probes["probe_weight"][:], probes["probe_bias"][:], args.out / "components.zarr", cfg.block_rows)

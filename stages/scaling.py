@@ -23,10 +23,9 @@ from stages.common import run_and_exit, stage, write_csv, write_json
 log = logging.getLogger("stage")
 
 
-def split_row(tokens: Path) -> int:
+def split_row(tokens: zarr.Group) -> int:
     """The test row (counted from the first test row) where the second half of the test contexts starts."""
-    group = open_checked(tokens)
-    contexts = group["rows/context"][RowSplit.of(group).test_rows]
+    contexts = tokens["rows/context"][RowSplit.of(tokens).test_rows]
     middle = np.unique(contexts)[len(np.unique(contexts)) // 2]
     return int(np.searchsorted(contexts, middle))
 
@@ -99,8 +98,8 @@ def main() -> None:
         params = load_checked_params()
         cfg, sae_set = params.scaling, params.sae
         widths = sorted(sae_set.widths)
-        row_split = RowSplit.of(open_checked(args.tokens))
-        half = split_row(args.tokens)
+        tokens = open_checked(args.tokens)
+        row_split, half = RowSplit.of(tokens), split_row(tokens)
         results = {}
         for hook in sae_set.hooks:
             names = [sae_name(hook, w) for w in widths]
