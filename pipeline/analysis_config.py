@@ -146,7 +146,13 @@ class SyntheticConfig:
 
 @dataclass
 class InterventionsConfig:
-    """The `interventions` section (the LM runs as the `lm` section says)."""
+    """The `interventions` section (the LM runs as the `lm` section says).
+
+    Cost per batch of `batch_size` contexts, in forward passes: 1 clean pass, then spliced passes
+    that run only the layers after the hook: 8 + n_draws for the first setting of `positions`
+    (every replacement, epsilon_random `n_draws` times), 1 + n_draws for each further setting
+    (substitution and the draws), and 1 + single_position_draws for the single-position mode.
+    """
 
     hooks: list[str] = field(default_factory=_focus_hooks)
     """Hooks whose SAEs are spliced in (each needs SAEs of `widths`)."""
@@ -155,23 +161,45 @@ class InterventionsConfig:
     n_contexts: int = 32
     """Test contexts used, from the start of the test split."""
     batch_size: int = 4
-    """Contexts per forward pass (each context runs once per intervention and draw)."""
+    """Contexts per forward pass (each context runs once per replacement and draw)."""
     n_draws: int = 8
-    """epsilon_random draws per token for the z-scores (0: no z-scores; 1 is refused: one draw has no spread)."""
+    """epsilon_random draws per token (>= 2): the KL ratio's denominator and the epsilon_random
+    entry average them all; the per-token z-scores use their mean and spread."""
+    positions: list[str] = field(default_factory=lambda: ["scored", "all"])
+    """Splice-position settings, each of `scored` (replace and average over the scored tokens:
+    positions >= tokens.skip_positions that are not document separators) and `all` (Gurnee's
+    code: replace at every position, BOS included, average over every position but the last).
+    The first gives every top-level number; each further one adds its KL ratio and z-scores."""
     single_position: Optional[int] = 64
     """Position p of the single-position mode (null: off)."""
     window: int = 16
-    """Single-position mode: KL is measured at p .. p + window."""
+    """Single-position mode: KL is measured at p .. p + window; a context whose window holds a
+    document separator or an unscored position is left out."""
+    single_position_draws: int = 4
+    """epsilon_random draws at p per context in the single-position mode (>= 2)."""
     bootstrap: int = 1000
-    """Bootstrap resamples of tokens for the confidence intervals."""
+    """Bootstrap resamples (of tokens, and of each token's draws) for the confidence intervals."""
     seed: int = 0
     """Seeds the random perturbations and the bootstrap."""
 
+    POSITION_SETTINGS = ("scored", "all")  # not a field: no annotation
+
     def __post_init__(self) -> None:
-        if self.n_contexts < 1 or self.batch_size < 1 or self.n_draws < 0 or self.bootstrap < 1:
-            raise ConfigError("interventions.n_contexts / batch_size / bootstrap must be >= 1 and n_draws >= 0")
-        if self.n_draws == 1:
-            raise ConfigError("interventions.n_draws: 1 draw gives no spread for a z-score; use 0 (no z-scores) or >= 2")
+        if self.n_contexts < 1 or self.batch_size < 1 or self.bootstrap < 1:
+            raise ConfigError("interventions.n_contexts / batch_size / bootstrap must be >= 1")
+        if self.n_draws < 2:
+            raise ConfigError(f"interventions.n_draws: {self.n_draws} draw(s) give no spread for the z-scores and the "
+                              "ratio's interval; use >= 2")
+        if self.single_position_draws < 2:
+            raise ConfigError(f"interventions.single_position_draws: must be >= 2 (a spread for the interval), "
+                              f"got {self.single_position_draws}")
+        if not self.positions:
+            raise ConfigError("interventions.positions: needs at least one setting, e.g. [scored]")
+        for i, setting in enumerate(self.positions):
+            if setting not in self.POSITION_SETTINGS:
+                raise ConfigError(f"interventions.positions[{i}]: {setting!r} is not one of {list(self.POSITION_SETTINGS)}")
+        if len(set(self.positions)) < len(self.positions):
+            raise ConfigError(f"interventions.positions: {list(self.positions)} names a setting twice")
 
     def check_positions(self, context_length: int, skip: int) -> None:
         """The single position must be a scored position that has a next token."""
@@ -210,14 +238,17 @@ class PursuitConfig:
     """SAE widths to run (a subset of sae.widths)."""
     fit_rows: int = 20000
     """At most this many fit rows (from their start) train the linear probes of both errors."""
+    test_rows: Optional[int] = None
+    """At most this many test rows (from their start) are scored (null: all); pursuit costs about
+    100x an encoder pass per token, so this bounds the stage's time."""
     block_rows: int = 1024
     """Tokens per pursuit batch."""
     device: str = "auto"
     """Where the SAE runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
 
     def __post_init__(self) -> None:
-        if self.fit_rows < 1 or self.block_rows < 1:
-            raise ConfigError("pursuit.fit_rows / pursuit.block_rows: must be >= 1")
+        if self.fit_rows < 1 or self.block_rows < 1 or (self.test_rows is not None and self.test_rows < 1):
+            raise ConfigError("pursuit.fit_rows / pursuit.test_rows / pursuit.block_rows: must be >= 1")
 
 
 @dataclass

@@ -107,6 +107,7 @@ class DataConfig:
     """Short name; recorded in the token store's metadata."""
     source: str = "pydoc"
     """'pydoc': the English prose CPython ships (pydoc topics + standard-library docstrings);
+    'docstrings': pydoc's text plus the docstrings of the installed `packages`;
     'datasets': any `datasets.load_dataset(path, data_files=..., streaming=True)` source,
     a hub dataset (the Pile, OpenWebText) or local json/jsonl/text files."""
     path: Optional[str] = None
@@ -121,18 +122,22 @@ class DataConfig:
     """For source=datasets: the column holding the document text."""
     shuffle_buffer: int = 0
     """For source=datasets: >0 shuffles the stream with a buffer of this many documents."""
+    packages: list[str] = field(default_factory=list)
+    """For source=docstrings: installed packages whose docstrings are added to pydoc's text."""
     min_words: int = 6
-    """For source=pydoc: paragraphs with fewer words (headings, fragments) are dropped."""
+    """For source=pydoc/docstrings: paragraphs with fewer words (headings, fragments) are dropped."""
     max_symbol_fraction: float = 0.06
-    """For source=pydoc: paragraphs whose share of code symbols exceeds this are dropped."""
+    """For source=pydoc/docstrings: paragraphs whose share of code symbols exceeds this are dropped."""
 
-    SOURCES = ("pydoc", "datasets")
+    SOURCES = ("pydoc", "docstrings", "datasets")
 
     def __post_init__(self) -> None:
         if self.source not in self.SOURCES:
             raise ConfigError(f"data.source: {self.source!r} is not one of {list(self.SOURCES)}")
         if self.source == "datasets" and not self.path:
             raise ConfigError("data.path: a dataset id or builder ('json', 'text') is needed when data.source=datasets")
+        if self.source == "docstrings" and not self.packages:
+            raise ConfigError("data.packages: name at least one installed package when data.source=docstrings")
         if self.shuffle_buffer < 0:
             raise ConfigError(f"data.shuffle_buffer: must be >= 0, got {self.shuffle_buffer}")
 

@@ -95,11 +95,11 @@ def check_selection(key: str, hooks: list[str], widths: list[int], sae: SaeSetCo
                           f"got hooks {hooks}, widths {widths}")
     for i, hook in enumerate(hooks):
         Hook.parse(hook, f"{key}.hooks[{i}]")
-        if hook not in sae.hooks:
-            raise ConfigError(f"{key}.hooks[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {sae.hooks})")
-    for i, width in enumerate(widths):
-        if width not in sae.widths:
-            raise ConfigError(f"{key}.widths[{i}]: {width} is not in sae.widths {sae.widths}")
+        for j, width in enumerate(widths):
+            if not sae.has(hook, width):
+                raise ConfigError(f"{key}.hooks[{i}] x {key}.widths[{j}]: there is no SAE of width {width} at {hook!r}; "
+                                  f"the SAEs are sae.hooks x sae.widths ({sae.hooks} x {sae.widths}) and sae.extra_hooks x "
+                                  f"sae.extra_widths ({sae.extra_hooks} x {sae.extra_widths})")
 
 
 def check_params(raw: Any) -> Params:
@@ -114,16 +114,19 @@ def check_params(raw: Any) -> Params:
         value = getattr(sections[name], field_name)
         if not _DEVICE.match(str(value)):
             raise ConfigError(f"{key}: {value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
-    for i, hook in enumerate(params.sae.hooks):
-        if hook not in params.harvest.hooks:
-            raise ConfigError(f"sae.hooks[{i}]: {hook!r} is not harvested; add it to harvest.hooks (now {params.harvest.hooks})")
+    for key, hooks in (("sae.hooks", params.sae.hooks), ("sae.extra_hooks", params.sae.extra_hooks)):
+        for i, hook in enumerate(hooks):
+            if hook not in params.harvest.hooks:
+                raise ConfigError(f"{key}[{i}]: {hook!r} is not harvested; add it to harvest.hooks (now {params.harvest.hooks})")
     for name in SELECTING_SECTIONS:
         cfg = sections[name]
         check_selection(name, cfg.hooks, cfg.widths, params.sae, single=name in SINGLE_SAE_SECTIONS)
+    width = params.earlier_components.widths[0]
     for i, hook in enumerate(params.earlier_components.sources):
         Hook.parse(hook, f"earlier_components.sources[{i}]")
-        if hook not in params.sae.hooks:
-            raise ConfigError(f"earlier_components.sources[{i}]: {hook!r} has no SAE; add it to sae.hooks (now {params.sae.hooks})")
+        if not params.sae.has(hook, width):
+            raise ConfigError(f"earlier_components.sources[{i}]: {hook!r} has no SAE of width {width} (earlier_components.widths); "
+                              f"add it to sae.hooks or sae.extra_hooks")
     params.interventions.check_positions(params.tokens.context_length, params.tokens.skip_positions)
     return params
 

@@ -6,6 +6,7 @@ a range of numbers, that range. docs/science.md explains each quantity.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +31,34 @@ PUBLISHED: dict[str, Published] = {
     "component_ce": Published("proportional to each component's share"),
     "synthetic": Published("linear error tracks σ_a, nonlinear error tracks σ_r"),
     "earlier_components": Published("earlier SAE outputs explain more of n than pursuit removes"),
+    # The claims that pipeline/claims.py tests. Where a paper states a claim in words, the range is this
+    # project's reading of those words, and the text says so.
+    "claim_error_vector_r2": Published(
+        "about half of the error vector is linear, R² ≈ 0.5 (Engels et al.: Gemma 2, Gemma Scope residual SAEs); "
+        "'about' read as 0.4 - 0.6", 0.4, 0.6),
+    "claim_error_norm_r2": Published(
+        "> 90% of the error norm is linearly predictable, R² > 0.9 (Engels et al.: Gemma 2, Gemma Scope)", 0.9, 1.0),
+    "claim_nonlinear_fvu_flat": Published(
+        "the nonlinear FVU is about constant as the width grows (Engels et al.: Gemma Scope, 16k - 1M latents); "
+        "read as every width's within ±10% of the narrowest's", 0.9, 1.1),
+    "claim_per_token_scaling": Published(
+        "a token's error norm at a small width predicts it at a larger one, 'remarkably predictable' "
+        "(Engels et al.: Gemma 2, Gemma Scope); read as R² ≥ 0.8", 0.8, 1.0),
+    "claim_component_ce": Published(
+        "n costs a share of the CE increase proportional to its share of the error (Engels et al.: Gemma 2, "
+        "Gemma Scope); read as its % CE recovered ÷ % variance restored in 0.8 - 1.25", 0.8, 1.25),
+    "claim_error_saes": Published(
+        "an SAE trained on n is quantitatively worse than one trained on ê, same width and L0 (Engels et al.: "
+        "Gemma 2); FVU ratio n / ê > 1", 1.0, math.inf),
+    "claim_pursuit": Published(
+        "gradient pursuit gives a very slight decrease, a few % of the FVU (Engels et al.: Gemma 2, Gemma Scope); "
+        "read as pursuit FVU ÷ encoder FVU in 0.9 - 1", 0.9, 1.0),
+    "claim_earlier_vs_pursuit": Published(
+        "linear maps from earlier SAE outputs reduce n more than gradient pursuit does (Engels et al.: Gemma 2); "
+        "ratio > 1", 1.0, math.inf),
+    "claim_cov_narrows_gap": Published(
+        "a covariance-shaped random baseline is a stronger baseline than an isotropic one, narrowing the gap "
+        "(Lee & Heimersheim, arXiv 2410.12555); ratio vs cov_random ÷ ratio vs epsilon_random < 1", 0.0, 1.0),
 }
 
 

@@ -75,7 +75,7 @@ def pursue(decoder: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, l0: torc
 
 def pursuit_metrics(decoder: tuple[np.ndarray, np.ndarray], outputs: SaeOutputs, acts: zarr.Array, cfg: PursuitConfig,
                     probe_bias: bool, probe_ridge: float, device: torch.device, progress: bool = True) -> dict:
-    """Encoder vs pursuit on the test rows: FVU, L0, nonlinear FVU (each error's own linear probe,
+    """Encoder vs pursuit on the test rows (the first `cfg.test_rows`): FVU, L0, nonlinear FVU (each error's own linear probe,
     fitted on the first `cfg.fit_rows` fit rows), and the per-token comparison of the two errors.
     `decoder` = (W_dec, b_dec); the encoder's x_hat and L0 are the ones `sae_outputs` stored."""
     split = RowSplit.of(acts)
@@ -101,7 +101,8 @@ def pursuit_metrics(decoder: tuple[np.ndarray, np.ndarray], outputs: SaeOutputs,
     scores = {key: FitScore() for key in ("encoder", "pursuit", "encoder_nonlinear", "pursuit_nonlinear")}
     l0_sum = {"encoder": 0.0, "pursuit": 0.0}
     ratios = []
-    for x, enc, enc_l0, pur, pur_l0 in batches(n_train, acts.shape[0], "pursuit: score"):
+    test_stop = acts.shape[0] if cfg.test_rows is None else min(acts.shape[0], n_train + cfg.test_rows)
+    for x, enc, enc_l0, pur, pur_l0 in batches(n_train, test_stop, "pursuit: score"):
         x_np = x.cpu().double().numpy()
         for name, x_hat in (("encoder", enc), ("pursuit", pur)):
             x_hat = x_hat.cpu().double().numpy()

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
+from pipeline.claims import HEADER as CLAIMS_HEADER
+from pipeline.claims import NO_INTERVAL_BAND, MissingMetric, claims_table, focus_sae, row_cells
 from pipeline.published import published_text
 from pipeline.sae_config import sae_name
 
@@ -113,6 +115,23 @@ def _by_hook(per_sae: dict[str, dict]) -> dict[str, list[tuple[int, dict]]]:
         hook, width = name.rsplit("-", 1)
         grouped.setdefault(hook, []).append((int(width), metrics))
     return grouped
+
+
+def claims_section(inputs: ReportInputs) -> Section:
+    """Every claim of the two studies with this run's verdict (pipeline/claims.py computes them)."""
+    try:
+        focus_text = sae_name(*focus_sae(inputs))
+    except MissingMetric as absent:
+        focus_text = f"none ({absent})"
+    return Section(
+        "claims", "Claims: replicated, departs or inconclusive",
+        f"Each claim beside this run's number, judged by the rule beside it: replicated if this run's interval lies "
+        f"inside the published range, departs if it lies wholly outside, inconclusive if it straddles a boundary or a "
+        f"metric is missing. Intervals are 95% CIs where the metrics carry them, else the spread over the SAEs named; "
+        f"with neither, a ±{NO_INTERVAL_BAND:.0%} band is assumed. Focus SAE: {focus_text}.",
+        tables=[Table(CLAIMS_HEADER, [row_cells(row) for row in claims_table(inputs)])],
+        config_keys=["earlier_components.hooks", "earlier_components.widths", "interventions.hooks", "interventions.positions"],
+    )
 
 
 def setup_section(inputs: ReportInputs) -> Section:
@@ -348,7 +367,7 @@ SECTIONS: list[tuple[str, Callable[..., Section | None]]] = [
 
 def build_sections(inputs: ReportInputs, out_images: Path) -> tuple[list[Section], list[str]]:
     """All sections whose metrics exist, and the names of those left out."""
-    sections = [setup_section(inputs)]
+    sections = [claims_section(inputs), setup_section(inputs)]
     missing = []
     saes = sae_section(inputs, out_images)
     if saes:

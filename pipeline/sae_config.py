@@ -18,7 +18,9 @@ def sae_name(hook: str, width: int) -> str:
 
 @dataclass
 class SaeSetConfig:
-    """The SAEs of a run: one per (hook, width) pair, trained here or loaded pretrained."""
+    """The SAEs of a run, trained here or loaded pretrained: two grids, `hooks` x `widths` (the
+    width sweep: scaling fits across these widths) and `extra_hooks` x `extra_widths` (typically
+    one width at every other site), so that a run need not train every width everywhere."""
 
     source: str = "train"
     """'train': trained with sae-lens on the harvested train tokens; 'pretrained': loaded with
@@ -26,7 +28,11 @@ class SaeSetConfig:
     hooks: list[str] = field(default_factory=lambda: ["blocks.15.hook_resid_post"])
     """Hooks that get SAEs; each must be in harvest.hooks."""
     widths: list[int] = field(default_factory=lambda: [2304])
-    """Latent counts (d_sae); every hook gets one SAE per width."""
+    """Latent counts (d_sae); every hook of `hooks` gets one SAE per width."""
+    extra_hooks: list[str] = field(default_factory=list)
+    """More hooks with SAEs (each in harvest.hooks, none in `hooks`), one per width of `extra_widths`."""
+    extra_widths: list[int] = field(default_factory=list)
+    """Latent counts of the `extra_hooks` SAEs."""
     architecture: str = "topk"
     """For source=train: 'topk' (default), 'batchtopk', 'standard' (ReLU + L1) or 'jumprelu'."""
     k: int = 32
@@ -54,13 +60,19 @@ class SaeSetConfig:
         self.parsed_hooks()
         if not self.widths:
             raise ConfigError("sae.widths: the list is empty; give at least one SAE width (number of latents)")
-        for i, width in enumerate(self.widths):
-            if width < 1:
-                raise ConfigError(f"sae.widths[{i}]: must be a positive number of latents, got {width}")
+        for key, widths in (("sae.widths", self.widths), ("sae.extra_widths", self.extra_widths)):
+            for i, width in enumerate(widths):
+                if width < 1:
+                    raise ConfigError(f"{key}[{i}]: must be a positive number of latents, got {width}")
+        if bool(self.extra_hooks) != bool(self.extra_widths):
+            raise ConfigError(f"sae.extra_hooks / sae.extra_widths: give both or neither (got {self.extra_hooks} and {self.extra_widths})")
+        for i, hook in enumerate(self.extra_hooks):
+            if hook in self.hooks:
+                raise ConfigError(f"sae.extra_hooks[{i}]: {hook!r} is also in sae.hooks; a hook belongs to one of the two grids")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"sae.architecture: {self.architecture!r} is not one of {list(ARCHITECTURES)}")
         if self.architecture in ("topk", "batchtopk"):
-            too_wide = [w for w in self.widths if self.k > w]
+            too_wide = [w for w in self.widths + self.extra_widths if self.k > w]
             if self.k < 1 or too_wide:
                 raise ConfigError(f"sae.k: must be in [1, width]; got k={self.k} with widths {too_wide or self.widths}")
         if self.source == "pretrained":
@@ -71,10 +83,20 @@ class SaeSetConfig:
                     raise ConfigError(f"sae.release: no release for site {hook.site!r} (of {hook.name}); has {sorted(self.release)}")
 
     def parsed_hooks(self) -> list[Hook]:
-        return [Hook.parse(name, f"sae.hooks[{i}]") for i, name in enumerate(self.hooks)]
+        """Every hook with an SAE: `hooks`, then `extra_hooks`."""
+        return [Hook.parse(name, f"sae.hooks[{i}]") for i, name in enumerate(self.hooks)] + [
+            Hook.parse(name, f"sae.extra_hooks[{i}]") for i, name in enumerate(self.extra_hooks)
+        ]
+
+    def pairs(self) -> list[tuple[str, int]]:
+        """(hook, width) of every SAE: the `hooks` x `widths` grid, then `extra_hooks` x `extra_widths`."""
+        return [(h, w) for h in self.hooks for w in self.widths] + [(h, w) for h in self.extra_hooks for w in self.extra_widths]
 
     def names(self) -> list[str]:
-        return [sae_name(h, w) for h in self.hooks for w in self.widths]
+        return [sae_name(h, w) for h, w in self.pairs()]
+
+    def has(self, hook: str, width: int) -> bool:
+        return (hook, width) in self.pairs()
 
     def pretrained_id(self, hook: Hook, width: int) -> str:
         return self.id_template.format(hook=hook.name, site=hook.site, layer=hook.layer, width=width, width_k=width // 1000)

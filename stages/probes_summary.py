@@ -66,11 +66,11 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    with stage("probes_summary", reads=["params.yaml:sae.hooks,sae.widths", str(args.metrics_dir)], writes=[str(args.figures), str(args.out)]):
+    with stage("probes_summary", reads=["params.yaml:sae", str(args.metrics_dir)], writes=[str(args.figures), str(args.out)]):
         cfg = load_checked_params().sae
         widths = sorted(cfg.widths)
-        table = {sae_name(h, w): json.loads((args.metrics_dir / f"{sae_name(h, w)}.json").read_text()) for h in cfg.hooks for w in widths}
-        by_width(table, cfg.hooks, widths, args.figures / "by_width.png")
+        table = {name: json.loads((args.metrics_dir / f"{name}.json").read_text()) for name in cfg.names()}
+        by_width(table, cfg.hooks, widths, args.figures / "by_width.png")  # the width sweep: the first grid
         baselines(table, args.figures / "norm_baselines.png")
         component_norms(table, args.figures / "component_norms.png")
         keys = ("error_vector_r2", "error_norm_r2", "nonlinear_fvu", "sae_fvu")

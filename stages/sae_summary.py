@@ -17,11 +17,11 @@ def main() -> None:
     with stage("sae_summary", reads=["params.yaml:sae", str(args.metrics_dir)], writes=[str(args.out)]):
         cfg = load_checked_params().sae
         table = {}
-        for hook in cfg.parsed_hooks():
-            for width in cfg.widths:
-                name = sae_name(hook.name, width)
-                metrics = json.loads((args.metrics_dir / f"{name}.json").read_text())
-                table[name] = {"hook": hook.name, "site": hook.site, "layer": hook.layer, "width": width, **metrics}
+        hooks = {hook.name: hook for hook in cfg.parsed_hooks()}
+        for hook_name, width in cfg.pairs():
+            hook, name = hooks[hook_name], sae_name(hook_name, width)
+            metrics = json.loads((args.metrics_dir / f"{name}.json").read_text())
+            table[name] = {"hook": hook.name, "site": hook.site, "layer": hook.layer, "width": width, **metrics}
         write_json(args.out, {"saes": table})
         for name, row in table.items():
             print(f"{name:40s} FVU {row['fvu']:.4f}  L0 {row['l0']:6.1f}  dead {row['dead_fraction']:.1%}")

@@ -21,7 +21,7 @@ def main() -> None:
         params = load_checked_params()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(MARKER)
-        print(f"validate: params.yaml is valid ({len(params.sae.hooks)} hooks x {len(params.sae.widths)} widths of SAEs)")
+        print(f"validate: params.yaml is valid ({len(params.sae.names())} SAEs)")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_value_checks_name_the_key():
         TokensConfig(context_length=16, skip_positions=20)
     with pytest.raises(ConfigError, match=r"lm\.compute_dtype: 'float8' is not one of"):
         LmConfig(compute_dtype="float8")
-    with pytest.raises(ConfigError, match=r"data\.source: 'web' is not one of \['pydoc', 'datasets'\]"):
+    with pytest.raises(ConfigError, match=r"data\.source: 'web' is not one of \['pydoc', 'docstrings', 'datasets'\]"):
         DataConfig(source="web")
 
 

@@ -23,15 +23,22 @@ def _params(**changes) -> OmegaConf:
 
 def test_the_committed_params_pass():
     params = check_params(_params())
-    assert params.synthetic.hook in params.sae.hooks and params.lm.compute_dtype == "float32"
+    assert params.synthetic.hook in params.sae.hooks and params.lm.compute_dtype == "bfloat16"
+    assert len(params.sae.names()) == len(params.sae.hooks) * len(params.sae.widths) + len(params.sae.extra_hooks) * len(params.sae.extra_widths)
 
 
 @pytest.mark.parametrize(
     "change, key",
     [
-        ({"pursuit__widths": [999]}, "pursuit.widths[0]"),
-        ({"interventions__hooks": ["blocks.9.hook_resid_post"]}, "interventions.hooks[0]"),
-        ({"component_ce__widths": [2304, 7]}, "component_ce.widths[1]"),
+        ({"pursuit__widths": [999]}, "pursuit.hooks[0] x pursuit.widths[0]"),
+        ({"interventions__hooks": ["blocks.9.hook_resid_post"]}, "interventions.hooks[0] x interventions.widths[0]"),
+        ({"component_ce__widths": [2304, 7]}, "component_ce.hooks[0] x component_ce.widths[1]"),
+        # An extra hook has an SAE of the extra widths only.
+        ({"pursuit__hooks": ["blocks.22.hook_resid_post"], "pursuit__widths": [576]}, "pursuit.hooks[0] x pursuit.widths[0]"),
+        ({"sae__extra_hooks": ["blocks.15.hook_resid_post"]}, "sae.extra_hooks[0]"),
+        ({"sae__extra_widths": []}, "sae.extra_hooks / sae.extra_widths"),
+        ({"sae__extra_hooks": ["blocks.9.hook_resid_post"]}, "sae.extra_hooks[0]"),
+        ({"earlier_components__widths": [576]}, "earlier_components.sources[1]"),
         ({"error_saes__hooks": ["blocks.15.hook_resid_mid"]}, "error_saes.hooks[0]"),
         ({"synthetic__widths": [576, 2304]}, "synthetic.hooks / synthetic.widths"),
         ({"earlier_components__sources": ["blocks.2.hook_resid_post"]}, "earlier_components.sources[0]"),
@@ -47,6 +54,12 @@ def test_a_bad_value_names_its_key(change, key):
     with pytest.raises(ConfigError) as error:
         check_params(_params(**change))
     assert str(error.value).startswith(key), str(error.value)
+
+
+def test_a_section_may_name_an_extra_grid_sae():
+    params = check_params(_params(pursuit__hooks=["blocks.22.hook_resid_post"], pursuit__widths=[2304]))
+    assert params.sae.has("blocks.22.hook_resid_post", 2304) and not params.sae.has("blocks.22.hook_resid_post", 576)
+    assert params.sae.names()[:4] == [f"blocks.15.hook_resid_post-{w}" for w in (576, 1152, 2304, 4608)]
 
 
 def test_an_unknown_section_is_named():

@@ -93,11 +93,22 @@ def load(smoke_repo: Path, relative: str) -> dict:
 @pytest.mark.slow
 def test_report_shows_every_experiment_in_order(rendered, smoke_repo):
     _, text, sections, _ = rendered
-    assert sections == ["setup", "saes", "linear-error", "scaling", "synthetic", "earlier-components",
+    assert sections == ["claims", "setup", "saes", "linear-error", "scaling", "synthetic", "earlier-components",
                         "component-ce", "pursuit", "error-saes", "pathological"]
     params = OmegaConf.load(smoke_repo / "params.yaml")
     assert f"{params.tokens.n_contexts} x {params.tokens.context_length} tokens" in text
     assert "2 - 4.5 (GPT-2 small)" in text  # a published value beside ours
+
+
+@pytest.mark.slow
+def test_the_claims_table_has_a_computed_verdict_per_claim(rendered, smoke_repo):
+    from pipeline.claims import CLAIMS, claims_table
+    from pipeline.report import ReportInputs
+
+    _, _, _, tables = rendered
+    rows = claims_table(ReportInputs(smoke_repo / "metrics", smoke_repo / "figures", OmegaConf.load(smoke_repo / "params.yaml")))
+    assert [row[0] for row in tables["claims"]] == [claim.name for claim in CLAIMS]
+    assert [row[4].split(":")[0] for row in tables["claims"]] == [row["verdict"] for row in rows]
 
 
 @pytest.mark.slow

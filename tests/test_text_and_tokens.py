@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, TokensConfig
+from pipeline.config import ConfigError, DataConfig, TokensConfig
 from pipeline.text import clean_document, pydoc_documents
 from pipeline.tokens import content_hash, scored_mask, split_train_first, token_stream_contexts
 
@@ -101,3 +101,46 @@ def test_separators_and_skipped_positions_have_no_rows():
     contexts = np.array([[0, 5, 6, 0, 7, 8], [0, 0, 9, 9, 0, 1]], dtype=np.int32)
     mask = scored_mask(contexts, first_scored=2, bos_id=0)
     assert mask.tolist() == [[False, False, True, False, True, True], [False, False, True, True, False, True]]
+
+
+def test_docstrings_corpus_adds_installed_packages_deduplicated_and_seeded():
+    from pipeline.text import docstring_documents, package_docstrings
+
+    cfg = DataConfig(name="docstrings", source="docstrings", packages=["omegaconf"])
+    pydoc = pydoc_documents(DataConfig(), seed=0)
+    docs = docstring_documents(cfg, seed=0)
+    assert len(docs) > len(pydoc)
+    paragraphs = [p for d in docs for p in d.split("\n\n")]
+    assert len(paragraphs) == len(set(paragraphs))
+    # Every pydoc paragraph is still there; the package adds paragraphs of its own docstrings.
+    assert set(p for d in pydoc for p in d.split("\n\n")) <= set(paragraphs)
+    added = set(paragraphs) - set(p for d in pydoc for p in d.split("\n\n"))
+    assert added and any("OmegaConf" in p or "config" in p.lower() for p in added)
+    assert docstring_documents(cfg, seed=1) != docs  # same documents, another order
+    assert any("Create a" in doc or "config" in doc.lower() for doc in package_docstrings(["omegaconf"]))
+
+
+def test_docstrings_corpus_names_a_missing_package_and_an_empty_list():
+    from pipeline.text import docstring_documents
+
+    with pytest.raises(ConfigError, match=r"data\.packages: 'no_such_package_xyz' is not an installed package"):
+        docstring_documents(DataConfig(name="d", source="docstrings", packages=["no_such_package_xyz"]), seed=0)
+    with pytest.raises(ConfigError, match=r"data\.packages: name at least one"):
+        DataConfig(name="d", source="docstrings", packages=[])
+
+
+@pytest.mark.slow
+def test_corpus_statistics_count_tokens_duplicates_and_sample(lm_repo):
+    from pipeline.models import load_tokenizer
+    from pipeline.text import corpus_statistics, docstring_documents
+
+    cfg = DataConfig(name="docstrings", source="docstrings", packages=["omegaconf"])
+    tokenizer = load_tokenizer(lm_repo / "artifacts/model")
+    stats = corpus_statistics(cfg, tokenizer, sample=3)
+    docs = docstring_documents(cfg, seed=0)
+    assert stats["documents"] == len(docs) and stats["characters"] == sum(map(len, docs))
+    assert stats["tokens"] == sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in docs)
+    assert stats["dropped_duplicates"] > 0 and stats["dropped_not_prose"] > 0
+    kept = sum(len(d.split("\n\n")) for d in docs)
+    assert stats["paragraphs"] == kept + stats["dropped_duplicates"] + stats["dropped_not_prose"]
+    assert len(stats["sample"]) == 3 and all(s in docs for s in stats["sample"])
