@@ -2,8 +2,9 @@
 tokens for twice the steps, and compares.
 
 For each width of `--hook` (default: the focus hook, earlier_components.hooks[0]) it reports:
-- test FVU of the run's SAE (metrics/sae/<name>.json, from `sae_outputs`) and of the 2x variant,
-  both on the run's test rows, and their relative difference (criterion: within 5%);
+- test FVU of the run's SAE and of the 2x variant, both on the run's test rows (computed here as
+  `sae_outputs` does; tests/test_convergence.py holds it equal to metrics/sae/<name>.json), and
+  their relative difference (criterion: within 5%);
 - the run's SAE's FVU on its own training rows against its test FVU: the relative train-test gap
   (criterion: within 5%; a larger gap is overfitting to too few distinct tokens).
 
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="*", default=None, help="default: every width of sae.widths")
     parser.add_argument("--out", type=Path, default=Path("metrics/convergence.json"))
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
+    parser.add_argument("--wait", action="store_true", help="wait for the run's SAEs (when started beside `dvc repro`)")
     args = parser.parse_args()
 
     params = load_checked_params()
@@ -132,15 +133,17 @@ def main() -> None:
               f"harvest {time.time() - started:.0f} s", flush=True)
         for width in widths:
             name = sae_name(hook.name, width)
-            run_sae = load_sae(args.artifacts / "saes" / name)
-            test_fvu = json.loads((args.metrics / "sae" / f"{name}.json").read_text())["fvu"]
-            train_fvu = fvu(run_sae, run_acts, 0, n_run)
             t0 = time.time()
             trained, _ = train_sae(data, data.shape[0], width, params.sae, doubled_train,
                                    {"model_name": run_acts.attrs["model"], "hook_name": hook.name, "prepend_bos": True}, progress=False)
             save_sae(trained, work / name)
             doubled_fvu = fvu(load_sae(work / name), run_acts, split.n_train_rows, split.n_rows)
             shutil.rmtree(work / name)
+            while args.wait and not (args.artifacts / "saes" / name / "cfg.json").exists():
+                time.sleep(30)  # started beside a `dvc repro` that has not trained this SAE yet
+            run_sae = load_sae(args.artifacts / "saes" / name)
+            test_fvu = fvu(run_sae, run_acts, split.n_train_rows, split.n_rows)
+            train_fvu = fvu(run_sae, run_acts, 0, n_run)
             row = {
                 "sae": name,
                 "width": width,

@@ -133,9 +133,11 @@ def test_token_kl_and_ce_against_torch_kl_div_and_cross_entropy():
     assert torch.isnan(ce[:, -1]).all()
 
 
-def _independent_kl_and_ce(model, hook_block: int, input_ids, mask, rows):
-    """Splice `rows` at the scored positions of block `hook_block`'s output with a hook written
-    here; per scored token: KL(clean || spliced) via kl_div, next-token CE via cross_entropy."""
+def _independent_kl_and_ce(model, hook_block: int, input_ids, mask, rows, read=None):
+    """Splice `rows` at the `mask` positions of block `hook_block`'s output with a hook written
+    here; at the `read` positions (default: `mask`): KL(clean || spliced) via kl_div, next-token
+    CE via cross_entropy, and the clean CE."""
+    read = mask if read is None else read
     with torch.no_grad():
         clean = model(input_ids=input_ids).logits
         captured = {}
@@ -156,37 +158,61 @@ def _independent_kl_and_ce(model, hook_block: int, input_ids, mask, rows):
     ce[:, :-1] = F.cross_entropy(spliced[:, :-1].reshape(-1, VOCAB), input_ids[:, 1:].reshape(-1), reduction="none").reshape(B, T - 1)
     clean_ce = torch.full((B, T), float("nan"))
     clean_ce[:, :-1] = F.cross_entropy(clean[:, :-1].reshape(-1, VOCAB), input_ids[:, 1:].reshape(-1), reduction="none").reshape(B, T - 1)
-    return kl[mask].numpy(), ce[mask].numpy(), clean_ce[mask].numpy(), full[mask]
+    return kl[read].numpy(), ce[read].numpy(), clean_ce[read].numpy(), full[mask]
 
 
-def test_run_interventions_scores_exactly_the_scored_positions_with_the_right_numbers():
-    """Substitution and zero ablation at resid_post, end to end, against the hooks above; the
-    positions the settings exclude (the first positions, a separator) are never scored."""
+def tiny_sae(d: int):
     from sae_lens import TopKSAE, TopKSAEConfig
 
-    model, x = tiny_model("llama"), ids()
-    d = model.config.hidden_size
     torch.manual_seed(4)
     sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=64, k=4))
     for p in sae.parameters():
         p.data.normal_(0, 0.2)
-    mask = np.ones((B, T), dtype=bool)
-    mask[:, :3] = False  # skipped positions
-    mask[1, 6] = False  # a document separator
-    stats = ActivationStats(mean=torch.zeros(d, dtype=torch.float64), cov_factor=torch.eye(d, dtype=torch.float64))
-    cfg = InterventionsConfig(hooks=["blocks.1.hook_resid_post"], widths=[64], n_contexts=B, batch_size=2, n_draws=0,
-                              single_position=None, bootstrap=10)
-    results = run_interventions(model, sae, Hook("resid_post", LAYER), x.numpy(), mask, stats, cfg, progress=False)
-    assert len(results.kl["substitution"]) == mask.sum() == len(results.clean_ce)
+    return sae
 
+
+def clean_site(model, input_ids) -> torch.Tensor:
+    """Block LAYER's output (resid_post) on the clean run, captured by a hook written here."""
     captured = {}
     handle = block(model, LAYER).register_forward_hook(lambda _m, _a, out: captured.__setitem__("x", out[0] if isinstance(out, tuple) else out))
     with torch.no_grad():
-        model(input_ids=x)
+        model(input_ids=input_ids)
     handle.remove()
-    with torch.no_grad():
-        x_hat = sae.decode(sae.encode(captured["x"][torch.from_numpy(mask)]))
+    return captured["x"]
+
+
+def scored_mask() -> np.ndarray:
+    mask = np.ones((B, T), dtype=bool)
+    mask[:, :3] = False  # skipped positions
+    mask[1, 6] = False  # a document separator
+    return mask
+
+
+def identity_stats(d: int) -> ActivationStats:
+    return ActivationStats(mean=torch.zeros(d, dtype=torch.float64), cov_factor=torch.eye(d, dtype=torch.float64))
+
+
+def tiny_cfg(**kw) -> InterventionsConfig:
+    return InterventionsConfig(**{"hooks": ["blocks.1.hook_resid_post"], "widths": [64], "n_contexts": B, "batch_size": 2,
+                                  "n_draws": 2, "positions": ["scored"], "single_position": None, "bootstrap": 10, **kw})
+
+
+def test_run_interventions_scores_exactly_the_scored_positions_with_the_right_numbers():
+    """Substitution and zero ablation at resid_post, end to end, against the hooks above; the
+    positions the settings exclude (the first positions, a separator) are never scored; the
+    epsilon_random entry is the mean over the draws."""
+    model, x = tiny_model("llama"), ids()
+    d = model.config.hidden_size
+    sae, mask = tiny_sae(d), scored_mask()
+    results = run_interventions(model, sae, Hook("resid_post", LAYER), x.numpy(), mask, identity_stats(d), tiny_cfg(n_draws=3), progress=False)
+    assert len(results.kl["substitution"]) == mask.sum() == len(results.clean_ce)
+    assert results.by_positions["scored"].draws.shape == (3, mask.sum())
+    np.testing.assert_array_equal(results.kl["epsilon_random"], results.by_positions["scored"].draws.mean(0))
+    np.testing.assert_array_equal(results.by_positions["scored"].substitution, results.kl["substitution"])
+
     t_mask = torch.from_numpy(mask)
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(clean_site(model, x)[t_mask]))
     for name, rows in (("substitution", x_hat), ("zero", torch.zeros_like(x_hat))):
         kl, ce, clean_ce, _ = _independent_kl_and_ce(model, LAYER, x, t_mask, rows)
         np.testing.assert_allclose(results.kl[name], kl, rtol=1e-3, atol=1e-5)
@@ -194,10 +220,64 @@ def test_run_interventions_scores_exactly_the_scored_positions_with_the_right_nu
         np.testing.assert_allclose(results.clean_ce, clean_ce, rtol=1e-4, atol=1e-5)
 
 
+def test_all_positions_setting_splices_every_position_and_averages_all_but_the_last():
+    """Gurnee's preset: x_hat at every position (BOS and the separator included), KL at every
+    position but the last, against the hooks above; the primary setting's numbers do not move
+    when the further setting is added (its own random stream)."""
+    model, x = tiny_model("llama"), ids()
+    d = model.config.hidden_size
+    sae, mask = tiny_sae(d), scored_mask()
+    run = lambda positions: run_interventions(model, sae, Hook("resid_post", LAYER), x.numpy(), mask, identity_stats(d),  # noqa: E731
+                                              tiny_cfg(positions=positions), progress=False)
+    both, scored_only = run(["scored", "all"]), run(["scored"])
+    every = torch.ones(B, T, dtype=torch.bool)
+    all_but_last = every.clone()
+    all_but_last[:, -1] = False
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(clean_site(model, x)[every]))
+    kl, _, _, _ = _independent_kl_and_ce(model, LAYER, x, every, x_hat, read=all_but_last)
+    gurnee = both.by_positions["all"]
+    np.testing.assert_allclose(gurnee.substitution, kl, rtol=1e-3, atol=1e-5)
+    assert gurnee.draws.shape == (2, B * (T - 1))
+    assert (gurnee.draws.reshape(2, B, T - 1)[:, :, 0] > 0).all()  # position 0 (BOS) was perturbed: KL there is causal
+    for name in results_names():
+        np.testing.assert_array_equal(both.kl[name], scored_only.kl[name])
+    np.testing.assert_array_equal(both.by_positions["scored"].draws, scored_only.by_positions["scored"].draws)
+
+
+def results_names():
+    from pipeline.replacements import INTERVENTIONS
+
+    return INTERVENTIONS
+
+
+def test_single_position_leaves_out_windows_with_a_separator_and_splices_p_alone():
+    """p = 4, window 3: context 1 has a separator at 6 and is left out; in the others the KL at
+    p .. p + 3 of x_hat at p alone matches the hooks above."""
+    model, x = tiny_model("llama"), ids()
+    d = model.config.hidden_size
+    sae, mask = tiny_sae(d), scored_mask()
+    cfg = tiny_cfg(single_position=4, window=3, single_position_draws=2)
+    results = run_interventions(model, sae, Hook("resid_post", LAYER), x.numpy(), mask, identity_stats(d), cfg, progress=False)
+    single = results.single
+    assert single.n_excluded == 1 and single.substitution.shape == (2, 4) and single.draws.shape == (2, 2, 4)
+    at_p = torch.zeros(B, T, dtype=torch.bool)
+    at_p[[0, 2], 4] = True
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(clean_site(model, x)[at_p]))
+    window = torch.zeros(B, T, dtype=torch.bool)
+    window[[0, 2], 4:8] = True
+    kl, _, _, _ = _independent_kl_and_ce(model, LAYER, x, at_p, x_hat, read=window)
+    np.testing.assert_allclose(single.substitution.ravel(), kl, rtol=1e-3, atol=1e-5)
+    assert (single.draws > 0).all()
+
+
 # --- summarise, on hand-built per-token results whose answers are known ---------------------
 
-def hand_built(n: int = 40, draws: int = 3):
-    from pipeline.interventions import TokenResults
+def hand_built(n: int = 40, draws: int = 3, spread: float = 0.1):
+    """Per-token results where substitution's KL is 3x epsilon_random's mean KL on every token;
+    the draws are that mean + `spread` x evenly spaced offsets that average to 0."""
+    from pipeline.interventions import SettingResults, SinglePositionResults, TokenResults
     from pipeline.replacements import INTERVENTIONS
 
     rng = np.random.default_rng(5)
@@ -208,9 +288,10 @@ def hand_built(n: int = 40, draws: int = 3):
     ce = {name: clean_ce + rng.uniform(0.0, 0.5, n) for name in INTERVENTIONS}
     ce["substitution"] = clean_ce + 0.2
     ce["zero"] = clean_ce + 1.0
-    draws_kl = np.stack([kl["epsilon_random"] + s for s in np.linspace(-0.1, 0.1, draws)]) if draws else np.zeros((0, n))
-    single = {"substitution": np.array([[0.6, 0.3, 0.2], [0.2, 0.1, 0.0]]), "epsilon_random": np.array([[0.2, 0.1, 0.1], [0.2, 0.1, 0.1]])}
-    return TokenResults(kl=kl, ce=ce, clean_ce=clean_ce, draws_kl=draws_kl, single_kl=single)
+    draws_kl = np.stack([kl["epsilon_random"] + s for s in np.linspace(-spread, spread, draws)])
+    single = SinglePositionResults(substitution=np.array([[0.6, 0.3, 0.2], [0.2, 0.1, 0.0]]),
+                                   draws=np.array([[[0.2, 0.1, 0.1], [0.2, 0.1, 0.1]]] * 2), n_excluded=1)
+    return TokenResults(kl=kl, ce=ce, clean_ce=clean_ce, by_positions={"scored": SettingResults(kl["substitution"], draws_kl)}, single=single)
 
 
 def cfg(**kw) -> InterventionsConfig:
@@ -220,11 +301,13 @@ def cfg(**kw) -> InterventionsConfig:
 def test_summarise_ratio_scores_and_single_position_against_closed_forms():
     from pipeline.interventions import summarise
 
-    r = hand_built()
+    r = hand_built(spread=0.0)
     m = summarise(r, cfg())
     kl_sub, has_next = r.kl["substitution"], np.isfinite(r.clean_ce)
     assert m["kl_ratio_substitution_vs_epsilon_random"] == pytest.approx(3.0)
     assert m["kl_ratio_ci_low"] == pytest.approx(3.0) and m["kl_ratio_ci_high"] == pytest.approx(3.0)
+    assert m["by_positions"]["scored"]["kl_ratio_substitution_vs_epsilon_random"] == m["kl_ratio_substitution_vs_epsilon_random"]
+    assert m["positions"] == "scored" and m["n_draws"] == 3
     assert m["kl_ratio_substitution_vs_cov_random"] == pytest.approx(kl_sub.mean() / r.kl["cov_random"].mean())
     clean = r.clean_ce[has_next].mean()
     assert m["clean_ce"] == pytest.approx(clean)
@@ -234,9 +317,14 @@ def test_summarise_ratio_scores_and_single_position_against_closed_forms():
     assert m["interventions"]["substitution"]["ce_increase"] == pytest.approx(0.2)
     assert m["interventions"]["zero"]["kl"] == pytest.approx(r.kl["zero"].mean())
     assert m["n_tokens"] == 40
-    # single position: mean over contexts at p, then summed after p
-    assert m["single_position"]["kl_ratio_at_p"] == pytest.approx(0.4 / 0.2)
-    assert m["single_position"]["kl_ratio_after_p"] == pytest.approx((0.2 + 0.1) / (0.1 + 0.1))
+    # single position: mean over contexts (and draws) at p; per-context sums after p
+    single = m["single_position"]
+    assert single["kl_ratio_at_p"] == pytest.approx(0.4 / 0.2)
+    assert single["kl_ratio_after_p"] == pytest.approx((0.5 + 0.1) / 2 / 0.2)
+    assert single["n_contexts"] == 2 and single["n_contexts_excluded"] == 1 and single["n_draws"] == 2
+    assert single["kl_ratio_at_p_ci_low"] <= single["kl_ratio_at_p"] <= single["kl_ratio_at_p_ci_high"]
+    # draws that do not vary: no z-score is defined (documented: null)
+    assert m["z_score_median"] is None and m["z_score_median_ci_low"] is None
 
 
 def test_summarise_z_scores_against_the_draws_mean_and_spread():
@@ -248,6 +336,7 @@ def test_summarise_z_scores_against_the_draws_mean_and_spread():
     z = 2 * r.kl["epsilon_random"] / 0.1
     assert m["z_score_median"] == pytest.approx(np.median(z))
     assert m["z_score_share_above_2"] == pytest.approx((z > 2).mean())
+    assert m["z_score_median_half_draws_min"] is None  # halves of 3 draws have no spread
 
 
 def test_summarise_intervals_are_the_percentiles_of_resampled_means():
@@ -274,18 +363,24 @@ def test_summarise_edge_cases_give_documented_values_or_clear_errors():
     from pipeline.config import ConfigError
     from pipeline.interventions import bootstrap_mean_ci, summarise
 
-    r = hand_built(draws=0)
-    assert "z_score_median" not in summarise(r, cfg(n_draws=0))  # documented: no draws, no z-scores
-    with pytest.raises(ConfigError, match="interventions.n_draws: 1 draw"):
-        cfg(n_draws=1)
+    for n_draws in (0, 1):
+        with pytest.raises(ConfigError, match=f"interventions.n_draws: {n_draws} draw"):
+            cfg(n_draws=n_draws)
     r = hand_built()
     r.kl["epsilon_random"][:] = 0.0
+    r.by_positions["scored"].draws[:] = 0.0
+    r.single.draws[:] = 0.0
     m = summarise(r, cfg())  # documented: a ratio over 0 is undefined, written as null
     assert m["kl_ratio_substitution_vs_epsilon_random"] is None and m["kl_ratio_ci_low"] is m["kl_ratio_ci_high"] is None
+    assert m["single_position"]["kl_ratio_at_p"] is None and m["single_position"]["kl_ratio_after_p_ci_high"] is None
     assert m["kl_ratio_substitution_vs_cov_random"] == pytest.approx(r.kl["substitution"].mean() / r.kl["cov_random"].mean())
     r = hand_built()
     r.kl["cov_random"][3] = np.nan
     with pytest.raises(ValueError, match="1 of 40 per-token KL values of 'cov_random' are not finite"):
+        summarise(r, cfg())
+    r = hand_built()
+    r.by_positions["scored"].draws[1, 2] = np.inf
+    with pytest.raises(ValueError, match="1 of 120 per-token KL values of the epsilon_random draws at positions 'scored'"):
         summarise(r, cfg())
     r = hand_built()
     r.clean_ce[:] = np.nan

@@ -159,3 +159,130 @@ def test_resid_post_splice_equals_next_resid_pre_splice(lm):
     torch.testing.assert_close(post.activation, pre.activation)
     replaced = perturbed(post.activation, size=0.2)
     torch.testing.assert_close(post.splice(replaced), pre.splice(replaced), atol=1e-5, rtol=1e-5)
+
+
+# ---- the KL ratio over every draw, its two-level interval, and the z-scores' uncertainty ----
+
+
+def setting(kl_sae, draws):
+    from pipeline.interventions import SettingResults
+
+    return SettingResults(substitution=np.asarray(kl_sae, dtype=float), draws=np.asarray(draws, dtype=float))
+
+
+def ratio_metrics(kl_sae, draws, resamples=300, seed=0):
+    from pipeline.interventions import ratio_and_z_metrics
+
+    return ratio_and_z_metrics(setting(kl_sae, draws), resamples, np.random.default_rng(seed))
+
+
+def test_the_ratio_divides_by_the_mean_over_tokens_and_every_draw():
+    """Per token, the draws differ; the ratio is mean(kl_sae) / mean over tokens and draws, not a
+    ratio over any one draw."""
+    kl_sae = np.array([1.0, 2.0, 3.0, 6.0])
+    draws = np.array([[0.5, 1.0, 1.0, 2.0], [1.5, 1.0, 3.0, 4.0], [1.0, 4.0, 2.0, 3.0]])
+    m = ratio_metrics(kl_sae, draws)
+    assert m["kl_ratio_substitution_vs_epsilon_random"] == pytest.approx(3.0 / (24.0 / 12))
+    assert m["kl_epsilon_random"] == pytest.approx(2.0) and m["n_draws"] == 3 and m["n_tokens"] == 4
+    assert m["kl_ratio_substitution_vs_epsilon_random"] != pytest.approx(kl_sae.mean() / draws[0].mean())
+
+
+def test_the_two_level_interval_widens_when_the_draws_disagree_more():
+    """Same tokens, same per-token draw means; only the spread of the draws around them grows."""
+    rng = np.random.default_rng(1)
+    n, k = 200, 6
+    mean = rng.uniform(0.5, 1.5, n)
+    offsets = rng.standard_normal((k, n))
+    offsets -= offsets.mean(0)  # per-token means stay `mean`
+    widths = []
+    for spread in (0.0, 0.2, 0.6):
+        m = ratio_metrics(2 * mean, mean + spread * offsets)
+        assert m["kl_ratio_substitution_vs_epsilon_random"] == pytest.approx(2.0)
+        assert m["kl_ratio_ci_low"] <= 2.0 <= m["kl_ratio_ci_high"]
+        widths.append(m["kl_ratio_ci_high"] - m["kl_ratio_ci_low"])
+    assert widths[0] < widths[1] < widths[2]
+    assert widths[0] == pytest.approx(0.0, abs=1e-12)  # numerator = 2 x denominator per token: only draws vary
+
+
+def test_z_score_intervals_cover_the_known_z_and_narrow_with_more_draws():
+    """Draws ~ N(mu_i, 1) per token and kl_sae = mu_i + 1: every token's z is 1 with infinitely
+    many draws. With few draws the point estimate is biased up and its (basic) interval still
+    covers 1; more draws narrow the interval; the halves of the draws move the median."""
+    rng = np.random.default_rng(2)
+    n = 300
+    mu = rng.uniform(5, 10, n)
+    found = {}
+    for k in (4, 32):
+        m = ratio_metrics(mu + 1.0, mu + rng.standard_normal((k, n)), resamples=300, seed=3)
+        assert m["z_score_median_ci_low"] <= 1.0 <= m["z_score_median_ci_high"], (k, m)
+        assert m["z_score_share_above_2_ci_low"] <= m["z_score_share_above_2_ci_high"]
+        assert 0.0 <= m["z_score_share_above_2_ci_low"] and m["z_score_share_above_2_ci_high"] <= 1.0
+        assert m["z_score_median_half_draws_min"] <= m["z_score_median_half_draws_max"]
+        found[k] = m
+    width = {k: m["z_score_median_ci_high"] - m["z_score_median_ci_low"] for k, m in found.items()}
+    assert width[32] < width[4] / 2
+    assert found[4]["z_score_median"] > 1.1  # few draws: |z| inflated by the noisy spread
+    assert found[32]["z_score_median"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_two_level_bootstrap_resamples_each_tokens_own_draws_with_their_variance():
+    """A token's resampled draws stay centred on its own draws' mean, with their sample variance
+    in expectation (the sqrt(k / (k - 1)) scaling)."""
+    from pipeline.interventions import two_level_bootstrap
+
+    draws = np.array([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0], [5.0, 15.0]])  # 4 draws of 2 tokens
+    stats = two_level_bootstrap(np.zeros(2), draws, 4000, np.random.default_rng(0), {
+        "first_token_mean": lambda _num, d: d[:, 0].mean(),
+        "spread": lambda _num, d: d.var(0, ddof=1).mean(),
+    })
+    assert stats["spread"].mean() == pytest.approx(draws.var(0, ddof=1).mean(), rel=0.05)
+    first = stats["first_token_mean"]
+    assert np.minimum(abs(first - 2.0), abs(first - 12.0)).max() < 4.0  # a token's own draws, never mixed with the other's
+    assert first.mean() == pytest.approx((2.0 + 12.0) / 2, rel=0.05)  # tokens are resampled too
+
+
+def test_single_position_contexts_leave_out_separators_and_unscored_positions():
+    from pipeline.interventions import single_position_contexts
+
+    scored = np.ones((4, 12), dtype=bool)
+    scored[:, :3] = False
+    scored[1, 7] = False  # a separator inside p .. p + window
+    scored[2, 9] = False  # a separator after it
+    scored[3, 4] = False  # p itself unscored
+    assert single_position_contexts(scored, p=4, window=3).tolist() == [True, False, True, False]
+
+
+def test_single_position_metrics_have_intervals_and_count_the_contexts():
+    from pipeline.interventions import SinglePositionResults, single_position_metrics
+
+    rng = np.random.default_rng(4)
+    n, k, w = 30, 4, 5
+    eps = rng.uniform(0.1, 1.0, (n, w))
+    draws = eps[None] * rng.uniform(0.5, 1.5, (k, n, w))
+    single = SinglePositionResults(substitution=2 * eps, draws=draws, n_excluded=3)
+    m = single_position_metrics(single, 300, np.random.default_rng(0))
+    assert m["n_contexts"] == 30 and m["n_contexts_excluded"] == 3 and m["n_draws"] == 4
+    assert m["kl_ratio_at_p"] == pytest.approx(2 * eps[:, 0].mean() / draws[:, :, 0].mean())
+    assert m["kl_ratio_after_p"] == pytest.approx(2 * eps[:, 1:].sum(1).mean() / draws[:, :, 1:].sum(2).mean())
+    for part in ("at_p", "after_p"):
+        assert m[f"kl_ratio_{part}_ci_low"] < m[f"kl_ratio_{part}"] < m[f"kl_ratio_{part}_ci_high"]
+    empty = single_position_metrics(SinglePositionResults(np.zeros((0, w)), np.zeros((k, 0, w)), n_excluded=7), 10, np.random.default_rng(0))
+    assert empty["n_contexts"] == 0 and empty["kl_ratio_at_p"] is None and empty["kl_ratio_after_p_ci_low"] is None
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"positions": []}, "interventions.positions: needs at least one setting"),
+        ({"positions": ["scored", "every"]}, r"interventions.positions\[1\]: 'every' is not one of \['scored', 'all'\]"),
+        ({"positions": ["all", "all"]}, "interventions.positions: .* names a setting twice"),
+        ({"single_position_draws": 1}, "interventions.single_position_draws: must be >= 2"),
+        ({"n_draws": 1}, "interventions.n_draws: 1 draw"),
+    ],
+)
+def test_interventions_config_names_the_bad_key(change, message):
+    from pipeline.analysis_config import InterventionsConfig
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        InterventionsConfig(**change)

@@ -87,7 +87,7 @@ def test_each_default_lives_in_the_dataclass_and_conf_config_yaml_repeats_it():
 
 @pytest.mark.parametrize(
     "override, key",
-    [("pursuit.widths=[999]", "pursuit.widths[0]"), ("sae.hooks=[blocks.2.hook_resid_post,blocks.0.hook_mlp_out]", "sae.hooks[1]")],
+    [("pursuit.widths=[999]", "pursuit.hooks[0] x pursuit.widths[0]"), ("sae.hooks=[blocks.2.hook_resid_post,blocks.0.hook_mlp_out]", "sae.hooks[1]")],
 )
 def test_dvc_exp_run_fails_on_a_bad_value_before_any_work(tmp_path, override, key):
     repo = copy_repo(tmp_path)
