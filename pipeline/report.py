@@ -50,10 +50,13 @@ class ReportInputs:
         return json.loads(path.read_text()) if path.exists() else None
 
     def sae_names(self, section: str) -> list[str]:
-        """The SAEs that `section` names in this run's params (`hooks` x `widths`). Per-SAE files
+        """The SAEs that `section` names in this run's params (`hooks` x `widths`, and for `sae` also
+        `extra_hooks` x `extra_widths`; the width x k grid has its own section). Per-SAE files
         are read for these only, never by a glob: a folder may also hold another run's files
         (e.g. the committed default run's, beside a smoke experiment's)."""
-        return [sae_name(h, w) for h in self.param(f"{section}.hooks") or [] for w in self.param(f"{section}.widths") or []]
+        grids = [("hooks", "widths")] + ([("extra_hooks", "extra_widths")] if section == "sae" else [])
+        return [sae_name(h, w) for hooks, widths in grids
+                for h in self.param(f"{section}.{hooks}") or [] for w in self.param(f"{section}.{widths}") or []]
 
     def json_dir(self, relative: str, section: str) -> dict[str, dict]:
         """The per-SAE metrics files under `relative` of the SAEs `section` names."""
@@ -157,7 +160,8 @@ def sae_section(inputs: ReportInputs, out_images: Path) -> Section | None:
     summary = inputs.json("sae_summary.json")
     if not summary:
         return None
-    grouped = _by_hook(summary["saes"])
+    k = inputs.param("sae.k")
+    grouped = _by_hook({name: m for name, m in summary["saes"].items() if m.get("k", k) == k})  # the k grid: its own section
     widths = sorted({w for rows in grouped.values() for w, _ in rows})
     rows = []
     for hook, entries in grouped.items():
@@ -196,6 +200,41 @@ def _sae_figure(grouped: dict[str, list[tuple[int, dict]]], curves: Path, path: 
         if ax.get_legend_handles_labels()[0]:  # a run without training curves (pretrained SAEs) has none
             ax.legend(fontsize=7)
     return save(fig, path)
+
+
+def convergence_section(inputs: ReportInputs) -> Section | None:
+    result = inputs.json("convergence.json")
+    if not result:
+        return None
+    rows = [[r["sae"], f"{r['distinct_tokens']:,}", f"{r['samples']:,} ({r['epochs']:.1f} epochs)", fmt(r["train_fvu"], 4),
+             fmt(r["test_fvu"], 4), f"{100 * r['train_test_gap']:+.1f}%", fmt(r["doubled_test_fvu"], 4),
+             f"{100 * r['test_fvu_vs_doubled']:+.1f}%", "yes" if r["converged"] else "no"] for r in result["saes"]]
+    tolerance = f"{100 * result['tolerance']:.0f}%"
+    return Section(
+        "convergence", "SAEs: trained enough?",
+        f"Each SAE at {result['hook']} against itself: its FVU on its own training tokens (a gap above {tolerance} is "
+        f"overfitting), and against the same SAE trained on twice the distinct tokens for twice the steps (a test FVU more "
+        f"than {tolerance} higher means it has not converged). Measured by benchmarks/convergence.py after the run.",
+        tables=[Table(["SAE", "distinct training tokens", "samples", "train FVU", "test FVU", "gap", "2x variant: test FVU",
+                       "difference", f"both within {tolerance}"], rows)],
+        config_keys=["train_sae.tokens", "train_sae.lr", "train_sae.autocast", "tokens.n_contexts", "tokens.sae_fraction"],
+    )
+
+
+def contours_section(inputs: ReportInputs) -> Section | None:
+    result = inputs.json("contours.json")
+    if not result or not result.get("grids"):
+        return None
+    rows = [[row["sae"], str(row["width"]), str(row["k"]), fmt(row["l0"], 1), fmt(row["nonlinear_fvu"], 4),
+             fmt(row["error_vector_r2"]), fmt(row["error_norm_r2"])] for grid in result["grids"].values() for row in grid]
+    return Section(
+        "contours", "Dark matter over width and L0",
+        "Engels et al.'s contour figures: the nonlinear FVU and both R² over a grid of SAE widths and k (L0); a nonlinear "
+        "FVU whose contours run parallel to the width axis does not shrink as SAEs grow.",
+        tables=[Table(["SAE", "width", "k", "test L0", "nonlinear FVU", "error-vector R²", "‖e‖ R²"], rows)],
+        figures=inputs.figure_files(*(f"contours/{hook}.png" for hook in result["grids"])),
+        config_keys=["sae.widths", "sae.k", "sae.ks", "sae.k_hooks"],
+    )
 
 
 def linear_error_section(inputs: ReportInputs) -> Section | None:
@@ -354,7 +393,9 @@ def error_saes_section(inputs: ReportInputs) -> Section | None:
 
 
 SECTIONS: list[tuple[str, Callable[..., Section | None]]] = [
+    ("convergence", convergence_section),
     ("linear error (probes)", linear_error_section),
+    ("width x k contours", contours_section),
     ("scaling", scaling_section),
     ("synthetic", synthetic_section),
     ("earlier components", earlier_components_section),

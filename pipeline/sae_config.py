@@ -11,9 +11,10 @@ ARCHITECTURES = ("topk", "batchtopk", "standard", "jumprelu")
 SOURCES = ("train", "pretrained")
 
 
-def sae_name(hook: str, width: int) -> str:
-    """Directory/stage-safe name of one SAE, e.g. 'blocks.15.hook_resid_post-2304'."""
-    return f"{hook}-{width}"
+def sae_name(hook: str, width: int, k: int | None = None) -> str:
+    """Directory/stage-safe name of one SAE, e.g. 'blocks.15.hook_resid_post-2304'; an SAE of the
+    width x k grid (`sae.ks`) also names its k: 'blocks.15.hook_resid_post-2304-k16'."""
+    return f"{hook}-{width}" if k is None else f"{hook}-{width}-k{k}"
 
 
 @dataclass
@@ -33,6 +34,11 @@ class SaeSetConfig:
     """More hooks with SAEs (each in harvest.hooks, none in `hooks`), one per width of `extra_widths`."""
     extra_widths: list[int] = field(default_factory=list)
     """Latent counts of the `extra_hooks` SAEs."""
+    ks: list[int] = field(default_factory=list)
+    """topk/batchtopk, source=train: more values of k, for a width x k grid (Engels et al.'s contour
+    figures): each hook of `k_hooks` also gets an SAE of every width of `widths` at every k here."""
+    k_hooks: list[str] = field(default_factory=list)
+    """Hooks of `hooks` that get the width x k grid (`ks`)."""
     architecture: str = "topk"
     """For source=train: 'topk' (default), 'batchtopk', 'standard' (ReLU + L1) or 'jumprelu'."""
     k: int = 32
@@ -69,6 +75,7 @@ class SaeSetConfig:
         for i, hook in enumerate(self.extra_hooks):
             if hook in self.hooks:
                 raise ConfigError(f"sae.extra_hooks[{i}]: {hook!r} is also in sae.hooks; a hook belongs to one of the two grids")
+        self._check_k_grid()
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"sae.architecture: {self.architecture!r} is not one of {list(ARCHITECTURES)}")
         if self.architecture in ("topk", "batchtopk"):
@@ -82,6 +89,26 @@ class SaeSetConfig:
                 if hook.site not in self.release:
                     raise ConfigError(f"sae.release: no release for site {hook.site!r} (of {hook.name}); has {sorted(self.release)}")
 
+    def _check_k_grid(self) -> None:
+        if bool(self.ks) != bool(self.k_hooks):
+            raise ConfigError(f"sae.ks / sae.k_hooks: give both or neither (got {self.ks} and {self.k_hooks})")
+        if not self.ks:
+            return
+        if self.architecture not in ("topk", "batchtopk") or self.source != "train":
+            raise ConfigError(f"sae.ks: a width x k grid needs trained topk or batchtopk SAEs (sae.source={self.source!r}, "
+                              f"sae.architecture={self.architecture!r})")
+        for i, k in enumerate(self.ks):
+            if k == self.k or not 1 <= k <= min(self.widths) or k in self.ks[:i]:
+                raise ConfigError(f"sae.ks[{i}]: {k} must be in [1, {min(self.widths)}] (the narrowest of sae.widths), "
+                                  f"differ from sae.k ({self.k}) and appear once")
+        for i, hook in enumerate(self.k_hooks):
+            if hook not in self.hooks:
+                raise ConfigError(f"sae.k_hooks[{i}]: {hook!r} is not in sae.hooks {self.hooks}; the k grid uses sae.widths")
+
+    def k_grid(self) -> list[tuple[str, int, int]]:
+        """(hook, width, k) of the width x k grid's SAEs beyond those at `k` (empty without `ks`)."""
+        return [(h, w, k) for h in self.k_hooks for w in self.widths for k in self.ks]
+
     def parsed_hooks(self) -> list[Hook]:
         """Every hook with an SAE: `hooks`, then `extra_hooks`."""
         return [Hook.parse(name, f"sae.hooks[{i}]") for i, name in enumerate(self.hooks)] + [
@@ -93,7 +120,8 @@ class SaeSetConfig:
         return [(h, w) for h in self.hooks for w in self.widths] + [(h, w) for h in self.extra_hooks for w in self.extra_widths]
 
     def names(self) -> list[str]:
-        return [sae_name(h, w) for h, w in self.pairs()]
+        """Every SAE: the two grids (at `k`), then the width x k grid's."""
+        return [sae_name(h, w) for h, w in self.pairs()] + [sae_name(h, w, k) for h, w, k in self.k_grid()]
 
     def has(self, hook: str, width: int) -> bool:
         return (hook, width) in self.pairs()

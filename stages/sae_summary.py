@@ -18,10 +18,10 @@ def main() -> None:
         cfg = load_checked_params().sae
         table = {}
         hooks = {hook.name: hook for hook in cfg.parsed_hooks()}
-        for hook_name, width in cfg.pairs():
-            hook, name = hooks[hook_name], sae_name(hook_name, width)
+        for hook_name, width, k in [(h, w, None) for h, w in cfg.pairs()] + cfg.k_grid():
+            hook, name = hooks[hook_name], sae_name(hook_name, width, k)
             metrics = json.loads((args.metrics_dir / f"{name}.json").read_text())
-            table[name] = {"hook": hook.name, "site": hook.site, "layer": hook.layer, "width": width, **metrics}
+            table[name] = {"hook": hook.name, "site": hook.site, "layer": hook.layer, "width": width, "k": k or cfg.k, **metrics}
         write_json(args.out, {"saes": table})
         for name, row in table.items():
             print(f"{name:40s} FVU {row['fvu']:.4f}  L0 {row['l0']:6.1f}  dead {row['dead_fraction']:.1%}")

@@ -1,6 +1,7 @@
 """DVC stage `train_sae` (one per hook x width): train an SAE with sae-lens, or fetch a pretrained one."""
 
 import argparse
+import dataclasses
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -21,11 +22,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--curve", type=Path, required=True)
     parser.add_argument("--checkpoints", type=Path, help="where training checkpoints wait (kept across kills)")
+    parser.add_argument("--k", type=int, default=None, help="an SAE of the width x k grid (sae.ks): this k, not sae.k")
     args = parser.parse_args()
     store = store_path(args.activations, args.hook)
     with stage("train_sae", reads=["params.yaml:sae,train_sae", str(store)], writes=[str(args.out), str(args.curve)]):
         params = load_checked_params()
         cfg, train = params.sae, params.train_sae
+        if args.k is not None:
+            cfg = dataclasses.replace(cfg, k=args.k)
         hook = Hook.parse(args.hook, "--hook")
         acts = open_store(store)
         metadata = {"model_name": acts.attrs["model"], "hook_name": hook.name, "prepend_bos": True}

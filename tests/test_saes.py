@@ -217,6 +217,35 @@ def test_empty_or_bad_sae_lists_name_the_key():
         SaeSetConfig(widths=[16], k=32)
 
 
+def test_width_x_k_grid_is_checked_and_named():
+    cfg = SaeSetConfig(hooks=["blocks.2.hook_resid_post"], widths=[128, 512], k=16, ks=[8, 32], k_hooks=["blocks.2.hook_resid_post"])
+    assert cfg.k_grid() == [("blocks.2.hook_resid_post", w, k) for w in (128, 512) for k in (8, 32)]
+    assert cfg.names()[-1] == "blocks.2.hook_resid_post-512-k32" and len(cfg.names()) == 6
+    for kwargs, message in [
+        (dict(ks=[8]), r"^sae\.ks / sae\.k_hooks: give both"),
+        (dict(ks=[16], k_hooks=["blocks.2.hook_resid_post"]), r"^sae\.ks\[0\]: 16 must .* differ from sae\.k"),
+        (dict(ks=[256], k_hooks=["blocks.2.hook_resid_post"]), r"^sae\.ks\[0\]: 256 must be in \[1, 128\]"),
+        (dict(ks=[8], k_hooks=["blocks.1.hook_resid_post"]), r"^sae\.k_hooks\[0\]: 'blocks\.1\.hook_resid_post' is not in sae\.hooks"),
+        (dict(ks=[8], k_hooks=["blocks.2.hook_resid_post"], architecture="standard"), r"^sae\.ks: a width x k grid needs"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            SaeSetConfig(hooks=["blocks.2.hook_resid_post"], widths=[128, 512], k=16, **kwargs)
+
+
+@pytest.mark.slow
+def test_width_x_k_grid_trains_at_each_k_and_draws_contours(smoke_repo):
+    summary = json.loads((smoke_repo / "metrics/sae_summary.json").read_text())["saes"]
+    for w in (128, 512):
+        assert summary[f"{SMOKE_HOOK}-{w}-k8"]["l0"] == 8 and summary[f"{SMOKE_HOOK}-{w}-k8"]["k"] == 8
+        assert summary[f"{SMOKE_HOOK}-{w}-k8"]["fvu"] > summary[f"{SMOKE_HOOK}-{w}"]["fvu"]  # fewer active latents
+    (grid,) = json.loads((smoke_repo / "metrics/contours.json").read_text())["grids"].values()
+    assert sorted((row["width"], row["k"]) for row in grid) == [(128, 8), (128, 16), (512, 8), (512, 16)]
+    for row in grid:
+        probes = json.loads((smoke_repo / f"metrics/probes/{row['sae']}.json").read_text())
+        assert row["nonlinear_fvu"] == probes["nonlinear_fvu"] and row["l0"] == row["k"]
+    assert (smoke_repo / f"figures/contours/{SMOKE_HOOK}.png").stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_empty_width_list_fails_the_dag_by_name(smoke_repo, tmp_path):
     args = ["--metrics-dir", str(smoke_repo / "metrics/sae"), "--out", str(tmp_path / "s.json")]
@@ -230,7 +259,8 @@ def test_train_sae_param_reruns_only_sae_stages(smoke_repo):
     # (--dry cannot know yet that the SAEs will change, so it lists their dependants only in a real run.)
     hooks = (SMOKE_HOOK, "blocks.2.hook_mlp_out", "blocks.1.hook_resid_post", "blocks.2.attn.hook_z")
     # error_saes trains its SAEs with the same train_sae settings
-    assert ran == {f"train_sae@{hook}-{w}" for hook in hooks for w in (128, 512)} | {"error_saes@blocks.2.hook_resid_post-512"}, ran
+    k_grid = {f"train_sae_k@{SMOKE_HOOK}-{w}-8" for w in (128, 512)}  # sae.ks: [8] at the smoke hook
+    assert ran == {f"train_sae@{hook}-{w}" for hook in hooks for w in (128, 512)} | k_grid | {"error_saes@blocks.2.hook_resid_post-512"}, ran
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pipeline.code_deps import closure, stage_scripts
 from tests.conftest import REPO
 
 HEAVY = ("torch", "transformers", "sae_lens", "transformer_lens")
-NUMPY_ONLY = ("probes", "scaling", "earlier_components", "probes_summary", "sae_summary", "layer_sweep", "report",
+NUMPY_ONLY = ("probes", "scaling", "earlier_components", "probes_summary", "sae_summary", "layer_sweep", "report", "contours",
               "validate", "code")
 SAE_FORWARD_ONLY = ("sae_outputs", "synthetic", "pursuit")
 """Run an SAE (torch) but never train one: no sae-lens, no transformers."""
