@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Hook  # noqa: E402
+from pipeline.sae_config import SaeSetConfig  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class StageCost:
 
 def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
     shape = SHAPES[params.model.name]
-    tok, harvest, sae = params.tokens, params.harvest, params.sae
+    tok, harvest = params.tokens, params.harvest
+    sae = SaeSetConfig(**OmegaConf.to_container(params.sae))
     context = tok.context_length
     all_tokens = tok.n_contexts * context
     scored = tok.n_contexts * (context - tok.skip_positions)
@@ -120,7 +122,7 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
     deepest = max(h.layer for h in hooks) + 1
     model_bytes = shape.params() * 4
     batch_bytes = params.lm.batch_size * context * shape.d * 4 * 8  # activations alive in one forward pass
-    saes = [(h, w) for h in sae.hooks for w in sae.widths]
+    saes = sae.pairs() + [(h, w) for h, w, _ in sae.k_grid()]
     l0 = sae.k if sae.source == "train" else pretrained_l0
 
     def sae_bytes(hook, width):
@@ -142,15 +144,19 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
                            (fit + test) * len(saes), sum(test * 2 * d_of[h] * 4 for h, _ in saes),
                            max(8 * (d_of[h] + 1) ** 2 * 3 for h, _ in saes)))
     inter = params.interventions
-    n_inter = 9 + inter.n_draws
+    # spliced passes per batch (pipeline/interventions.py): every replacement but epsilon_random, its
+    # n_draws draws, 1 + n_draws per further position setting, and the single-position mode's.
+    n_inter = (8 + inter.n_draws + (1 + inter.n_draws) * (len(inter.positions) - 1)
+               + (1 + inter.single_position_draws if inter.single_position is not None else 0))
     splice_tokens = inter.n_contexts * context
     costs.append(StageCost("interventions", "splice", sum(
         splice_tokens * (n_inter * shape.forward_flops(shape.layers - Hook.parse(h, "").layer, context, True)
                          + shape.forward_flops(shape.layers, context, True)) for h in inter.hooks for _ in inter.widths),
         splice_tokens * n_inter * len(inter.hooks) * len(inter.widths), 0, model_bytes + batch_bytes * n_inter))
     purs = params.pursuit
-    costs.append(StageCost("pursuit", "pursuit", sum(test * pursuit_flops_per_token(d_of[h], w, l0) for h in purs.hooks for w in purs.widths),
-                           test * len(purs.hooks) * len(purs.widths), 0, max([sae_bytes(h, w) for h in purs.hooks for w in purs.widths] or [0])))
+    pursued = (min(test, purs.test_rows) if purs.test_rows else test) + min(fit, purs.fit_rows)
+    costs.append(StageCost("pursuit", "pursuit", sum(pursued * pursuit_flops_per_token(d_of[h], w, l0) for h in purs.hooks for w in purs.widths),
+                           pursued * len(purs.hooks) * len(purs.widths), 0, max([sae_bytes(h, w) for h in purs.hooks for w in purs.widths] or [0])))
     err = params.error_saes
     costs.append(StageCost("error_saes", "sae", sum(3 * params.train_sae.tokens * 12 * d_of[h] * w for h in err.hooks for w in err.widths),
                            3 * params.train_sae.tokens * len(err.hooks) * len(err.widths),
@@ -181,7 +187,7 @@ def duration(seconds: float) -> str:
 def report(scale: str, params, rates: dict[str, float], gpu_flops: float, pretrained_l0: int) -> None:
     costs = stage_costs(params, pretrained_l0)
     print(f"\n== scale={scale}: {params.model.name}, {params.tokens.n_contexts} x {params.tokens.context_length} tokens, "
-          f"{len(params.harvest.hooks)} hooks, {len(params.sae.hooks) * len(params.sae.widths)} SAEs ({params.sae.source})")
+          f"{len(params.harvest.hooks)} hooks, {len(SaeSetConfig(**OmegaConf.to_container(params.sae)).names())} SAEs ({params.sae.source})")
     print(f"{'stage':18s} {'work':>10s} {'CPU time':>10s} {'CPU tok/s':>10s} {'GPU time':>10s} {'GPU tok/s':>10s} {'disk':>10s} {'peak memory':>12s}")
     cpu_total = gpu_total = disk_total = peak = 0.0
     for c in costs:

@@ -46,12 +46,13 @@ def test_the_check_names_the_stage_and_the_missing_code_file(tmp_path):
     probes = tmp_path / "dag" / "probes" / "dvc.yaml"
     text = probes.read_text()
     probes.write_text(text.replace("      - artifacts/code/probes.json\n", "", 1))
+    # `probes_extra` is `probes` for the second SAE grid (a YAML merge of the same definition).
     problems = code_deps.problems(tmp_path)
-    assert len(problems) == 1 and problems[0].startswith("stage 'dag/probes/dvc.yaml:probes'"), problems
-    assert "artifacts/code/probes.json" in problems[0]
+    assert [p.split(" (")[0] for p in problems] == ["stage 'dag/probes/dvc.yaml:probes'", "stage 'dag/probes/dvc.yaml:probes_extra'"], problems
+    assert all("artifacts/code/probes.json" in p for p in problems)
     probes.write_text(text.replace("      - artifacts/code/probes.json\n", "      - artifacts/code/probes.json\n      - pipeline/lstsq.py\n", 1))
     problems = code_deps.problems(tmp_path)
-    assert len(problems) == 1 and "pipeline/lstsq.py" in problems[0]
+    assert len(problems) == 2 and all("pipeline/lstsq.py" in p for p in problems)
 
 
 def test_a_code_file_changes_exactly_when_its_closure_does(tmp_path):

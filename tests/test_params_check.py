@@ -32,7 +32,7 @@ def test_the_committed_params_pass():
     [
         ({"pursuit__widths": [999]}, "pursuit.hooks[0] x pursuit.widths[0]"),
         ({"interventions__hooks": ["blocks.9.hook_resid_post"]}, "interventions.hooks[0] x interventions.widths[0]"),
-        ({"component_ce__widths": [2304, 7]}, "component_ce.hooks[0] x component_ce.widths[1]"),
+        ({"component_ce__widths": [1152, 7]}, "component_ce.hooks[0] x component_ce.widths[1]"),
         # An extra hook has an SAE of the extra widths only.
         ({"pursuit__hooks": ["blocks.22.hook_resid_post"], "pursuit__widths": [576]}, "pursuit.hooks[0] x pursuit.widths[0]"),
         ({"sae__extra_hooks": ["blocks.15.hook_resid_post"]}, "sae.extra_hooks[0]"),
@@ -57,9 +57,9 @@ def test_a_bad_value_names_its_key(change, key):
 
 
 def test_a_section_may_name_an_extra_grid_sae():
-    params = check_params(_params(pursuit__hooks=["blocks.22.hook_resid_post"], pursuit__widths=[2304]))
-    assert params.sae.has("blocks.22.hook_resid_post", 2304) and not params.sae.has("blocks.22.hook_resid_post", 576)
-    assert params.sae.names()[:4] == [f"blocks.15.hook_resid_post-{w}" for w in (576, 1152, 2304, 4608)]
+    params = check_params(_params(pursuit__hooks=["blocks.22.hook_resid_post"], pursuit__widths=[1152]))
+    assert params.sae.has("blocks.22.hook_resid_post", 1152) and not params.sae.has("blocks.22.hook_resid_post", 576)
+    assert params.sae.names()[:4] == [f"blocks.15.hook_resid_post-{w}" for w in (144, 288, 576, 1152)]
 
 
 def test_an_unknown_section_is_named():

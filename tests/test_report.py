@@ -176,7 +176,7 @@ def test_a_nan_metric_shows_as_nan_and_absent_experiments_are_listed(tmp_path):
     index = write_report(metrics, figures, params, tmp_path / "reports")
     page = index.read_text()
     assert ">NaN<" in page  # what the Chromium test looks for
-    assert "Not in this run (no metrics): linear error (probes), scaling" in page
+    assert "Not in this run (no metrics): convergence, linear error (probes), width x k contours, scaling" in page
     assert (tmp_path / "reports" / "img" / "sae_fvu.png").stat().st_size > 0
 
 

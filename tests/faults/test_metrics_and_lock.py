@@ -43,14 +43,16 @@ def test_a_stage_given_a_nan_stops_and_names_its_inputs(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     metrics = tmp_path / "metrics" / "sae"
     metrics.mkdir(parents=True)
-    for hook in params["sae"]["hooks"]:
-        for width in params["sae"]["widths"]:
-            (metrics / f"{hook}-{width}.json").write_text('{"fvu": 0.4, "l0": 32.0, "dead_fraction": 0.0}')
-    (metrics / "blocks.3.hook_resid_post-576.json").write_text('{"fvu": NaN, "l0": 32.0, "dead_fraction": 0.0}')
+    from pipeline.sae_config import SaeSetConfig
+
+    names = SaeSetConfig(**params["sae"]).names()
+    for name in names:
+        (metrics / f"{name}.json").write_text('{"fvu": 0.4, "l0": 32.0, "dead_fraction": 0.0}')
+    (metrics / f"{names[-1]}.json").write_text('{"fvu": NaN, "l0": 32.0, "dead_fraction": 0.0}')
     result = run_stage("sae_summary", ["--metrics-dir", str(metrics), "--out", str(tmp_path / "summary.json")], tmp_path,
                        params=params, check=False)
     assert result.returncode == 3, result.stderr
-    assert "summary.json.saes.blocks.3.hook_resid_post-576.fvu is nan" in result.stderr
+    assert f"summary.json.saes.{names[-1]}.fvu is nan" in result.stderr
     assert f"Its inputs: params.yaml:sae, {metrics}" in result.stderr
     assert not (tmp_path / "summary.json").exists()
 
