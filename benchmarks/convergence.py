@@ -15,7 +15,8 @@ run's own `harvest` and `lm` settings. Every other setting is the run's (`sae`, 
 
     python benchmarks/convergence.py [--hook H] [--widths W ...] [--out metrics/convergence.json]
 
-It writes the comparison to `--out` (the report shows it) and prints it. Cost on the project's
+It writes the comparison to `--out` and prints it; the report shows it once rebuilt
+(`dvc repro -f -s report`: the file is not a stage output, so DVC does not track it). Cost on the project's
 2-core CPU at the default scale: about 2x the training time of the hook's SAEs, plus one harvest
 of the extra contexts up to that layer.
 """
@@ -166,7 +167,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"hook": hook.name, "tolerance": TOLERANCE, "saes": rows,
                                     "seconds": time.time() - started}, indent=2) + "\n")
-    print(f"wrote {args.out} in {time.time() - started:.0f} s")
+    print(f"wrote {args.out} in {time.time() - started:.0f} s; `dvc repro -f -s report` shows it in the report")
 
 
 if __name__ == "__main__":

@@ -320,21 +320,39 @@ def pathological_section(inputs: ReportInputs) -> Section | None:
     per_sae = inputs.json_dir("interventions", "interventions")
     if not per_sae:
         return None
+    settings = list(inputs.param("interventions.positions") or [])
     rows = []
     for name, m in per_sae.items():
-        kl = m["interventions"]
-        rows.append([name, fmt(kl["substitution"]["kl"]), fmt(kl["epsilon_random"]["kl"]),
-                     f"{fmt(m['kl_ratio_substitution_vs_epsilon_random'], 2)} [{fmt(m['kl_ratio_ci_low'], 2)}, {fmt(m['kl_ratio_ci_high'], 2)}]",
-                     fmt(m["kl_ratio_substitution_vs_cov_random"], 2), fmt(m["ce_score"]),
+        kl, by_positions = m["interventions"], m.get("by_positions") or {}
+        ratios = [_ratio_with_interval(by_positions.get(s, {})) for s in settings]
+        rows.append([name, fmt(kl["substitution"]["kl"]), fmt(kl["epsilon_random"]["kl"]), *ratios,
+                     _z_with_interval(m), fmt(m["kl_ratio_substitution_vs_cov_random"], 2), fmt(m["ce_score"]),
                      published_text("kl_ratio_attn_z") if "attn" in name else published_text("kl_ratio_resid")])
     return Section(
         "pathological", "Pathological errors: splicing the SAE into the model",
         "The KL ratio is how much more splicing in the SAE's reconstruction changes the next-token distribution than "
-        "moving the activation the same distance in a random direction; above 1, the SAE's error is worse than random.",
-        tables=[Table(["SAE", "KL substitution", "KL epsilon_random", "ratio (95% CI)", "ratio vs cov_random", "CE score", "published ratio"], rows)],
+        "moving the activation the same distance in a random direction (its denominator averages every random draw; "
+        "the interval resamples tokens and draws); above 1, the SAE's error is worse than random. Positions 'scored' "
+        "splice the scored tokens only; 'all' is Gurnee's setting, every position, BOS included (docs/science.md).",
+        tables=[Table(["SAE", "KL substitution", "KL epsilon_random", *(f"ratio, positions '{s}' (95% CI)" for s in settings),
+                       "median z (95% CI)", "ratio vs cov_random", "CE score", "published ratio"], rows)],
         figures=[*inputs.figure_files("layer_sweep.png"), *inputs.per_sae_figures("interventions", "interventions")],
-        config_keys=["interventions.hooks", "interventions.widths", "interventions.n_contexts", "interventions.n_draws", "interventions.seed"],
+        config_keys=["interventions.hooks", "interventions.widths", "interventions.n_contexts", "interventions.n_draws",
+                     "interventions.positions", "interventions.seed"],
     )
+
+
+def _ratio_with_interval(metrics: dict) -> str:
+    if "kl_ratio_substitution_vs_epsilon_random" not in metrics:
+        return "n/a"
+    return (f"{fmt(metrics['kl_ratio_substitution_vs_epsilon_random'], 2)} "
+            f"[{fmt(metrics['kl_ratio_ci_low'], 2)}, {fmt(metrics['kl_ratio_ci_high'], 2)}]")
+
+
+def _z_with_interval(metrics: dict) -> str:
+    if metrics.get("z_score_median") is None:
+        return "n/a"
+    return f"{fmt(metrics['z_score_median'], 2)} [{fmt(metrics.get('z_score_median_ci_low'), 2)}, {fmt(metrics.get('z_score_median_ci_high'), 2)}]"
 
 
 def component_ce_section(inputs: ReportInputs) -> Section | None:
