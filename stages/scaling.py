@@ -93,7 +93,7 @@ def main() -> None:
     for option in ("--metrics-dir", "--sae-outputs", "--probes", "--saes", "--tokens", "--out", "--plots", "--figures"):
         parser.add_argument(option, type=Path, required=True)
     args = parser.parse_args()
-    reads = ["params.yaml:scaling,sae.hooks,sae.widths", str(args.metrics_dir), str(args.sae_outputs), str(args.tokens), str(args.probes), str(args.saes)]
+    reads = ["params.yaml:scaling,sae.hooks,sae.widths,pursuit.hooks,pursuit.widths", str(args.metrics_dir), str(args.sae_outputs), str(args.tokens), str(args.probes), str(args.saes)]
     with stage("scaling", reads=reads, writes=[str(args.out), str(args.plots), str(args.figures)]):
         params = load_checked_params()
         cfg, sae_set = params.scaling, params.sae
@@ -121,7 +121,9 @@ def main() -> None:
             for width, name, group in zip(widths, names, outputs):
                 latent[width] = latent_vs_probe(read_decoder(args.saes / name), group, row_split, cfg.block_rows)
 
-            pursuit = {i: json.loads(p.read_text()) for i, n in enumerate(names) if (p := args.metrics_dir / "pursuit" / f"{n}.json").exists()}
+            # Only the SAEs this run's pursuit ran on: metrics/pursuit may also hold another run's files.
+            pursued = {sae_name(h, w) for h in params.pursuit.hooks for w in params.pursuit.widths}
+            pursuit = {i: json.loads((args.metrics_dir / "pursuit" / f"{n}.json").read_text()) for i, n in enumerate(names) if n in pursued}
             bands = error_bands(fvu, nonlinear, law.c if law else np.inf, pursuit)
             write_csv(args.plots / f"{hook}.csv", ["width", "fvu", "fvu_fit", "nonlinear_fvu", *BANDS],
                       ([w, fvu[i], law(w) if law else "", nonlinear[i], *(bands[b][i] for b in BANDS)] for i, w in enumerate(widths)))
