@@ -67,14 +67,15 @@ def fvu(sae, acts: zarr.Array, start: int, stop: int, block_rows: int = 8192) ->
     return acc.result().fvu
 
 
-def new_contexts(params, tokens: TokenStore, model_dir: Path) -> np.ndarray:
-    """As many contexts as the run's SAE split, from the corpus stream right after the run's contexts."""
+def new_contexts(params, tokens: TokenStore, model_dir: Path) -> tuple[np.ndarray, int]:
+    """As many contexts as the run's SAE split, from the corpus stream after the run's contexts, and
+    the BOS id. The first context after the run's is skipped: it may continue a test context's document."""
     n_new = tokens.n_sae_contexts
-    longer = dataclasses.replace(params.tokens, n_contexts=tokens.n_contexts + n_new)
+    longer = dataclasses.replace(params.tokens, n_contexts=tokens.n_contexts + 1 + n_new)
     tokenizer = load_tokenizer(model_dir)
     bos = bos_token_id(tokenizer, params.model.bos_token)
     stream = token_stream_contexts(documents(params.data, params.tokens.seed), tokenizer, longer, bos, params.data.name)
-    return stream[tokens.n_contexts:], bos
+    return stream[tokens.n_contexts + 1:], bos
 
 
 def harvest_extra(params, hook: Hook, tokens: TokenStore, model_dir: Path, work: Path) -> zarr.Array:
@@ -101,6 +102,14 @@ def doubled_training_rows(run_acts: zarr.Array, n_run: int, extra: zarr.Array, p
             out[row : row + len(block)] = block
             row += len(block)
     return out
+
+
+def run_settings(params) -> dict:
+    """The params that decide the checked SAEs: the report shows the check only for a run that has them all."""
+    return {"model.name": params.model.name, "data.name": params.data.name, "data.packages": list(params.data.packages),
+            "tokens": dataclasses.asdict(params.tokens), "harvest.store_dtype": params.harvest.store_dtype,
+            "lm.compute_dtype": params.lm.compute_dtype, "sae.architecture": params.sae.architecture, "sae.k": params.sae.k,
+            "train_sae": dataclasses.asdict(params.train_sae)}
 
 
 def relative(a: float, b: float) -> float:
@@ -165,7 +174,7 @@ def main() -> None:
             print(f"{name}: test FVU {test_fvu:.4f}, 2x variant {doubled_fvu:.4f} ({row['test_fvu_vs_doubled']:+.1%}); "
                   f"train FVU {train_fvu:.4f}, gap {row['train_test_gap']:+.1%}; converged: {row['converged']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"hook": hook.name, "tolerance": TOLERANCE, "saes": rows,
+    args.out.write_text(json.dumps({"hook": hook.name, "tolerance": TOLERANCE, "saes": rows, "settings": run_settings(params),
                                     "seconds": time.time() - started}, indent=2) + "\n")
     print(f"wrote {args.out} in {time.time() - started:.0f} s; `dvc repro -f -s report` shows it in the report")
 

@@ -206,6 +206,12 @@ def convergence_section(inputs: ReportInputs) -> Section | None:
     result = inputs.json("convergence.json")
     if not result:
         return None
+    changed = [key for key, value in (result.get("settings") or {"(unrecorded)": None}).items() if inputs.param(key) != value]
+    if changed:  # written by the check of another configuration: not this run's
+        return Section(
+            "convergence", "SAEs: trained enough?",
+            f"metrics/convergence.json was measured for another configuration (it differs in {', '.join(changed)}); "
+            "rerun `python benchmarks/convergence.py`, then `dvc repro -f -s report`.")
     rows = [[r["sae"], f"{r['distinct_tokens']:,}", f"{r['samples']:,} ({r['epochs']:.1f} epochs)", fmt(r["train_fvu"], 4),
              fmt(r["test_fvu"], 4), f"{100 * r['train_test_gap']:+.1f}%", fmt(r["doubled_test_fvu"], 4),
              f"{100 * r['test_fvu_vs_doubled']:+.1f}%", "yes" if r["converged"] else "no"] for r in result["saes"]]

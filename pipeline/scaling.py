@@ -60,13 +60,16 @@ def error_bands(
     """Per width, bands that stack to the SAE's FVU exactly: the nonlinear error; the encoder
     error (what gradient pursuit removes, where `pursuit` has the width's metrics: then the
     nonlinear band is pursuit's nonlinear FVU); the rest of the asymptote c (linear error that
-    persists); what is above c. `pursuit` maps a width's index to its `pursuit` metrics."""
+    persists); what is above c. `pursuit` maps a width's index to its `pursuit` metrics. Pursuit
+    may score a subset of the test rows (`pursuit.test_rows`), so its two bands are taken as shares
+    of its own encoder FVU and scaled to this width's FVU over all test rows."""
     fvu = np.asarray(fvu, dtype=np.float64)
     nonlinear = np.array(nonlinear_fvu, dtype=np.float64)
     encoder = np.zeros_like(fvu)
     for i, metrics in (pursuit or {}).items():
-        encoder[i] = metrics["encoder_fvu"] - metrics["pursuit_fvu"]
-        nonlinear[i] = metrics["pursuit_nonlinear_fvu"]
+        scale = fvu[i] / metrics["encoder_fvu"]
+        encoder[i] = scale * (metrics["encoder_fvu"] - metrics["pursuit_fvu"])
+        nonlinear[i] = scale * metrics["pursuit_nonlinear_fvu"]
     above = np.clip(fvu - np.maximum(asymptote, nonlinear + encoder), 0, None)
     return {"nonlinear": nonlinear, "encoder": encoder, "linear_persistent": fvu - nonlinear - encoder - above, "above_asymptote": above}
 

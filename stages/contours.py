@@ -4,6 +4,7 @@
 import argparse
 from pathlib import Path
 
+from pipeline.config import ConfigError
 from pipeline.contours import draw_contours, read_grid
 from pipeline.params_check import load_checked_params
 from stages.common import run_and_exit, stage, write_json
@@ -16,6 +17,8 @@ def main() -> None:
     args = parser.parse_args()
     with stage("contours", reads=["params.yaml:sae", str(args.metrics_dir)], writes=[str(args.figures), str(args.out)]):
         cfg = load_checked_params().sae
+        if cfg.ks and len(cfg.widths) < 2:
+            raise ConfigError(f"sae.widths: a width x k grid (sae.ks) needs at least two widths to draw contours, got {cfg.widths}")
         args.figures.mkdir(parents=True, exist_ok=True)
         grids = {}
         for hook in cfg.k_hooks:

@@ -69,7 +69,8 @@ def main() -> None:
     with stage("probes_summary", reads=["params.yaml:sae", str(args.metrics_dir)], writes=[str(args.figures), str(args.out)]):
         cfg = load_checked_params().sae
         widths = sorted(cfg.widths)
-        table = {name: json.loads((args.metrics_dir / f"{name}.json").read_text()) for name in cfg.names()}
+        # The two grids at sae.k (the width x k grid's SAEs, at other L0s, are the contours stage's).
+        table = {sae_name(h, w): json.loads((args.metrics_dir / f"{sae_name(h, w)}.json").read_text()) for h, w in cfg.pairs()}
         by_width(table, cfg.hooks, widths, args.figures / "by_width.png")  # the width sweep: the first grid
         baselines(table, args.figures / "norm_baselines.png")
         component_norms(table, args.figures / "component_norms.png")

@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from pipeline.activation_store import open_store, store_path
-from pipeline.config import Hook
+from pipeline.config import ConfigError, Hook
 from pipeline.params_check import load_checked_params
 from pipeline.row_split import RowSplit
 from pipeline.saes import CurvePoint, load_pretrained, save_sae, train_sae
@@ -29,7 +29,9 @@ def main() -> None:
         params = load_checked_params()
         cfg, train = params.sae, params.train_sae
         if args.k is not None:
-            cfg = dataclasses.replace(cfg, k=args.k)
+            if args.k not in cfg.ks:
+                raise ConfigError(f"--k {args.k}: not one of sae.ks {cfg.ks}")
+            cfg = dataclasses.replace(cfg, k=args.k, ks=[], k_hooks=[])  # this SAE at its k; the grid is the DAG's business
         hook = Hook.parse(args.hook, "--hook")
         acts = open_store(store)
         metadata = {"model_name": acts.attrs["model"], "hook_name": hook.name, "prepend_bos": True}

@@ -44,3 +44,20 @@ def test_convergence_script_trains_the_doubled_variant(smoke_repo, smoke_params,
     assert row["train_test_gap"] == pytest.approx((row["test_fvu"] - row["train_fvu"]) / row["train_fvu"])
     assert row["converged"] == (abs(row["train_test_gap"]) <= 0.05 and abs(row["test_fvu_vs_doubled"]) <= 0.05)
     assert not list(smoke_repo.glob("convergence-*")), "the work folder is removed"
+
+
+def test_report_shows_the_check_only_for_the_configuration_it_measured(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipeline.report import ReportInputs, convergence_section
+
+    row = {"sae": "h-576", "width": 576, "distinct_tokens": 1000, "samples": 2000, "epochs": 2.0, "train_fvu": 0.2,
+           "test_fvu": 0.21, "train_test_gap": 0.05, "doubled_test_fvu": 0.2, "test_fvu_vs_doubled": 0.05, "converged": True}
+    settings = {"train_sae": {"tokens": 2000}, "sae.k": 32}
+    (tmp_path / "convergence.json").write_text(json.dumps({"hook": "h", "tolerance": 0.05, "saes": [row], "settings": settings}))
+    same = OmegaConf.create({"train_sae": {"tokens": 2000}, "sae": {"k": 32}})
+    section = convergence_section(ReportInputs(tmp_path, tmp_path, same))
+    assert section.tables[0].rows[0][0] == "h-576"
+    other = OmegaConf.create({"train_sae": {"tokens": 4000}, "sae": {"k": 32}})
+    stale = convergence_section(ReportInputs(tmp_path, tmp_path, other))
+    assert not stale.tables and "differs in train_sae" in stale.meaning

@@ -67,3 +67,14 @@ def test_encoder_band_comes_from_pursuit_where_measured():
     np.testing.assert_allclose(bands["encoder"], [0.0, 0.05])
     np.testing.assert_allclose(bands["nonlinear"], [0.10, 0.09])
     np.testing.assert_allclose(bands["above_asymptote"], [0.15, 0.07])
+
+
+def test_pursuit_on_a_subset_of_test_rows_is_scaled_to_the_widths_fvu():
+    """pursuit.test_rows: pursuit's encoder FVU (0.20 on its rows) differs from the SAE's (0.22 on
+    all test rows); its bands keep their shares of it: 25% removed, 45% left nonlinear."""
+    fvu, nonlinear = np.array([0.22]), np.array([0.11])
+    pursuit = {0: {"encoder_fvu": 0.20, "pursuit_fvu": 0.15, "pursuit_nonlinear_fvu": 0.09}}
+    bands = error_bands(fvu, nonlinear, asymptote=0.15, pursuit=pursuit)
+    np.testing.assert_allclose(bands["encoder"], [0.22 * 0.25])
+    np.testing.assert_allclose(bands["nonlinear"], [0.22 * 0.45])
+    np.testing.assert_allclose(sum(bands[b] for b in BANDS), fvu)
