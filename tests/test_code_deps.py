@@ -103,6 +103,9 @@ def test_a_comment_edit_reruns_every_stage_that_imports_the_file(smoke_repo, tmp
     assert set(json.loads(run(["dvc", "status", "--json"], repo).stdout)) == {"code"}
     modules = {short_name(name): module for name, module in stage_modules(repo).items() if name != "code"}
     importers = {name for name, module in modules.items() if set(edited) & set(closure(module, REPO))}
+    # A family whose grid is empty at this scale (e.g. train_sae_extra) declares no stage.
+    declared = {short_name(name).split("@")[0] for name in run(["dvc", "stage", "list", "--all", "--name-only"], repo).stdout.split()}
+    importers &= declared
     listed = run([str(BIN / "python"), "-m", "pipeline.code_deps", "--changed"], repo).stdout
     assert {line.split(":")[0] for line in listed.splitlines()} == {modules[name] for name in importers}
     run(["dvc", "repro", "code"], repo)

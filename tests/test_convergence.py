@@ -24,7 +24,7 @@ def test_fvu_matches_sae_outputs(smoke_repo, smoke_params):
     split = RowSplit.of(acts)
     ours = fvu(load_sae(smoke_repo / f"artifacts/saes/{hook}-{width}"), acts, split.n_train_rows, split.n_rows)
     stored = json.loads((smoke_repo / f"metrics/sae/{hook}-{width}.json").read_text())["fvu"]
-    assert ours == pytest.approx(stored, rel=1e-6)
+    assert ours == pytest.approx(stored, rel=1e-5)  # metrics files keep 6 significant digits
 
 
 def test_convergence_script_trains_the_doubled_variant(smoke_repo, smoke_params, tmp_path):
@@ -39,7 +39,7 @@ def test_convergence_script_trains_the_doubled_variant(smoke_repo, smoke_params,
     # The new contexts are as many as the run's SAE contexts; their scored rows differ only by separators.
     assert row["doubled_distinct_tokens"] == pytest.approx(2 * row["distinct_tokens"], rel=0.05)
     stored = json.loads((smoke_repo / f"metrics/sae/{hook}-{width}.json").read_text())["fvu"]
-    assert row["test_fvu"] == pytest.approx(stored, rel=1e-6)
+    assert row["test_fvu"] == pytest.approx(stored, rel=1e-5)
     assert 0 < row["train_fvu"] < 1 and 0 < row["doubled_test_fvu"] < 1
     assert row["train_test_gap"] == pytest.approx((row["test_fvu"] - row["train_fvu"]) / row["train_fvu"])
     assert row["converged"] == (abs(row["train_test_gap"]) <= 0.05 and abs(row["test_fvu_vs_doubled"]) <= 0.05)

@@ -170,7 +170,7 @@ def test_earlier_components_width_without_sae_names_the_key(smoke_repo, tmp_path
     args = ["--activations", "a", "--sae-outputs", "s", "--probes", "p", "--metrics", "m.json", "--figure", "f.png"]
     result = run_stage("earlier_components", args, tmp_path, params, check=False)
     assert result.returncode == 2
-    assert "earlier_components.widths[0]: 999 is not in sae.widths" in result.stderr
+    assert "earlier_components.hooks[0] x earlier_components.widths[0]: there is no SAE of width 999" in result.stderr
 
 
 def test_synthetic_bad_grid_names_the_key(smoke_repo, tmp_path):

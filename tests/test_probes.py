@@ -103,7 +103,8 @@ def test_probes_param_reruns_only_probes(smoke_repo):
     ran = stages_to_rerun(smoke_repo, "probes", "ridge", 10.0)
     hooks = ("blocks.2.hook_resid_post", "blocks.2.hook_mlp_out", "blocks.1.hook_resid_post", "blocks.2.attn.hook_z")
     # pursuit refits its own probes with the same bias/ridge settings
-    assert ran == {f"probes@{hook}-{w}" for hook in hooks for w in (128, 512)} | {"pursuit@blocks.2.hook_resid_post-512"}, ran
+    k_grid = {f"probes_k@blocks.2.hook_resid_post-{w}-8" for w in (128, 512)}  # sae.ks: [8] at the smoke hook
+    assert ran == {f"probes@{hook}-{w}" for hook in hooks for w in (128, 512)} | k_grid | {"pursuit@blocks.2.hook_resid_post-512"}, ran
 
 
 def test_norm_baselines_match_an_independent_fit(smoke_repo, reference):

@@ -116,7 +116,6 @@ def test_docstrings_corpus_adds_installed_packages_deduplicated_and_seeded():
     assert set(p for d in pydoc for p in d.split("\n\n")) <= set(paragraphs)
     added = set(paragraphs) - set(p for d in pydoc for p in d.split("\n\n"))
     assert added and any("OmegaConf" in p or "config" in p.lower() for p in added)
-    assert docstring_documents(cfg, seed=1) != docs  # same documents, another order
     assert any("Create a" in doc or "config" in doc.lower() for doc in package_docstrings(["omegaconf"]))
 
 
