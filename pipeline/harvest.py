@@ -76,9 +76,22 @@ def _widths(model, hooks: list[Hook], bos_id: int, device: torch.device) -> dict
         return {name: int(t.shape[-1]) for name, t in captured.items()}
 
 
-def _rows(acts: torch.Tensor, scored: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """(B, T, d) activations -> (scored tokens, d) rows in token-index order, on the CPU."""
-    return acts[scored].to(dtype).cpu().numpy()
+def _rows(acts: torch.Tensor, scored: torch.Tensor, dtype: torch.dtype, name: str) -> np.ndarray:
+    """(B, T, d) activations -> (scored tokens, d) rows in token-index order, on the CPU.
+
+    Fails on a value that is not finite in the store's dtype: float16 ends at 65504, which the
+    residual stream of late layers can reach (Gemma 3 270M: up to 5e4 at layer 17, 1e5 at BOS).
+    """
+    rows = acts[scored]
+    stored = rows.to(dtype)
+    if not torch.isfinite(stored).all():
+        largest = rows.float().abs().max().item()
+        where = "the model's output" if not torch.isfinite(rows).all() else f"{dtype} (|x| up to {largest:.4g})"
+        raise ValueError(
+            f"harvest: {name} has values that are not finite in {where}; "
+            f"set harvest.store_dtype=float32 (or lm.compute_dtype=float32 if the model itself overflows)"
+        )
+    return stored.cpu().numpy()
 
 
 def _append_all(writers: dict[str, ActivationWriter], blocks: dict[str, np.ndarray]) -> None:
@@ -169,7 +182,7 @@ def harvest(
             captured.clear()
             forward_until_captured(model, ids)
             scored = mask[start : start + lm.batch_size].to(device)
-            blocks = {name: _rows(captured[name], scored, store_dtype)[skip:] for name in writers}
+            blocks = {name: _rows(captured[name], scored, store_dtype, name)[skip:] for name in writers}
             if pending is not None:
                 pending.result()
             pending = io.submit(_append_all, writers, blocks)

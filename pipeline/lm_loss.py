@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.logprobs import next_token_losses
 from pipeline.models import load_model
 from pipeline.store_integrity import new_group, publish
 from pipeline.tokens import TokenStore
@@ -23,10 +24,9 @@ from pipeline.tokens import TokenStore
 @torch.no_grad()
 def token_losses(model, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids -> (loss_current, loss_next), each (B, T) float32, NaN where undefined."""
-    logprobs = torch.log_softmax(model(input_ids=contexts, use_cache=False).logits.float(), dim=-1)
-    predicted = -logprobs[:, :-1].gather(-1, contexts[:, 1:, None])[..., 0]  # loss of token t+1 at t
-    nan = torch.full_like(predicted[:, :1], float("nan"))
-    return torch.cat([nan, predicted], dim=1), torch.cat([predicted, nan], dim=1)
+    following = next_token_losses(model(input_ids=contexts, use_cache=False).logits, contexts)  # token t+1's loss at t
+    nan = torch.full_like(following[:, :1], float("nan"))
+    return torch.cat([nan, following[:, :-1]], dim=1), following
 
 
 def write_lm_loss(

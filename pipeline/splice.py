@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pipeline.config import Hook
+from pipeline.logprobs import kl_and_next_token_losses, log_softmax_float32
 from pipeline.sites import architecture, blocks, capture_point
 
 
@@ -80,7 +81,8 @@ class PrefixCache:
 
     @torch.no_grad()
     def run(self, input_ids: torch.Tensor) -> None:
-        """The clean pass: sets `clean_logprobs` (B, T, V) float32 log-softmax, `activation` (B, T, d) at the site."""
+        """The clean pass: sets `clean_logprobs` (B, T, V) float32 log-softmax (the one float32
+        vocabulary-sized tensor of a batch), `activation` (B, T, d) at the site."""
         self.input_ids = input_ids
         outputs: list = [None] * self.n_stubbed
         handles = [
@@ -101,7 +103,7 @@ class PrefixCache:
         else:
             handles.append(module.register_forward_hook(keep_output))
         try:
-            self.clean_logprobs = torch.log_softmax(self.model(input_ids=input_ids, use_cache=False).logits.float(), dim=-1)
+            self.clean_logprobs = log_softmax_float32(self.model(input_ids=input_ids, use_cache=False).logits)
         finally:
             for handle in handles:
                 handle.remove()
@@ -110,28 +112,27 @@ class PrefixCache:
 
     @torch.no_grad()
     def splice(self, replacement: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) float32 with the site's activation replaced; only the suffix is computed."""
+        """Logits (B, T, V), in the model's dtype, with the site's activation replaced; only the
+        suffix is computed."""
         replacement = replacement.to(self.activation.dtype)
         if self.hook.site == "resid_post":
             outputs = [*self.block_outputs[:-1], _with_first(self.block_outputs[-1], replacement)]
             with _stubbed(self.blocks[: self.n_stubbed], outputs):
-                return self.model(input_ids=self.input_ids, use_cache=False).logits.float()
+                return self.model(input_ids=self.input_ids, use_cache=False).logits
         with _stubbed(self.blocks[: self.n_stubbed], self.block_outputs), _replacing(self.model, self.hook, replacement):
-            return self.model(input_ids=self.input_ids, use_cache=False).logits.float()
+            return self.model(input_ids=self.input_ids, use_cache=False).logits
 
 
 @torch.no_grad()
 def splice_naive(model: nn.Module, hook: Hook, input_ids: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
-    """The reference: a full forward pass with the activation at `hook` replaced."""
+    """The reference: a full forward pass with the activation at `hook` replaced; logits in the model's dtype."""
     with _replacing(model, hook, replacement):
-        return model(input_ids=input_ids, use_cache=False).logits.float()
+        return model(input_ids=input_ids, use_cache=False).logits
 
 
 def token_kl_and_ce(clean_logprobs: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per position: KL(P_clean || P) summed over the vocabulary (B, T), and the CE of the next
     token under P (B, T; NaN at the last position, which has no next token). `clean_logprobs` is
-    log_softmax of the clean logits (`PrefixCache.clean_logprobs`), computed once per batch."""
-    other = torch.log_softmax(logits, dim=-1)
-    kl = torch.einsum("btv,btv->bt", clean_logprobs.exp(), clean_logprobs - other)
-    ce = -other[:, :-1].gather(-1, input_ids[:, 1:, None])[..., 0]
-    return kl, torch.cat([ce, torch.full_like(ce[:, :1], float("nan"))], dim=1)
+    log_softmax of the clean logits (`PrefixCache.clean_logprobs`), computed once per batch;
+    `logits` (any dtype) are normalised a few positions at a time (pipeline.logprobs)."""
+    return kl_and_next_token_losses(clean_logprobs, logits, input_ids)
