@@ -473,6 +473,43 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join([line(HEADER), line(["---"] * len(HEADER)), *(line(row_cells(r)) for r in rows)]) + "\n"
 
 
+def side_by_side(runs: dict[str, list[dict]]) -> str:
+    """One Markdown table of every claim across runs: the published range, then each run's value,
+    interval and verdict."""
+    names = list(runs)
+    header = ["claim", "published", *names]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    for i, claim in enumerate(CLAIMS):
+        cells = [claim.name, range_text(*claim.published_range)]
+        for name in names:
+            row = runs[name][i]
+            value = "n/a" if row["missing"] else num(row["value"])
+            cells.append(f"{row['verdict']}: {value}" + (f" {row['interval']}" if row["interval"] else ""))
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rows_at_revision(rev: str, repo: Path = Path(".")) -> list[dict]:
+    """The claims of the run committed at git revision `rev` (a branch, tag or commit): its
+    metrics/ and params.yaml, read out of git into a temporary folder."""
+    import subprocess
+    import tarfile
+    import tempfile
+    from io import BytesIO
+
+    from pipeline.config import load_params
+    from pipeline.report import ReportInputs
+
+    archive = subprocess.run(["git", "archive", rev, "metrics", "params.yaml"], cwd=repo, capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"--compare {rev}: git archive failed: {archive.stderr.decode().strip()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        inputs = ReportInputs(Path(tmp) / "metrics", Path(tmp) / "figures", load_params(Path(tmp) / "params.yaml"))
+        return claims_table(inputs)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     from pipeline.config import load_params
     from pipeline.report import ReportInputs
@@ -480,7 +517,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Print the claim-by-claim verdict as a Markdown table.")
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--compare", nargs="+", metavar="REV",
+                        help="instead, one table of the runs committed at these git revisions, side by side")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(side_by_side({rev: rows_at_revision(rev) for rev in args.compare}), end="")
+        return
     inputs = ReportInputs(args.metrics, Path("figures"), load_params(args.params))
     print(markdown(claims_table(inputs)), end="")
 

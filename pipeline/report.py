@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from pipeline.claims import HEADER as CLAIMS_HEADER
 from pipeline.claims import NO_INTERVAL_BAND, MissingMetric, claims_table, focus_sae, row_cells
-from pipeline.published import published_text
+from pipeline.published import GURNEE_GPT2_LAYER6, published_text
 from pipeline.sae_config import sae_name
 
 @dataclass
@@ -334,6 +334,10 @@ def pathological_section(inputs: ReportInputs) -> Section | None:
         rows.append([name, fmt(kl["substitution"]["kl"]), fmt(kl["epsilon_random"]["kl"]), *ratios,
                      _z_with_interval(m), fmt(m["kl_ratio_substitution_vs_cov_random"], 2), fmt(m["ce_score"]),
                      published_text("kl_ratio_attn_z") if "attn" in name else published_text("kl_ratio_resid")])
+    gurnee = GURNEE_GPT2_LAYER6
+    rows.append(["published: GPT-2 small, layer 6 resid, jb SAE (Gurnee)", fmt(gurnee["kl_sae"], 4), fmt(gurnee["kl_epsilon_random"], 4),
+                 *(fmt(gurnee["kl_ratio"], 2) if s == "all" else "" for s in settings), "", "", "",
+                 f"ratio {gurnee['kl_ratio']}x (every position); CE {gurnee['ce_clean']} clean, {gurnee['ce_spliced']} spliced"])
     return Section(
         "pathological", "Pathological errors: splicing the SAE into the model",
         "The KL ratio is how much more splicing in the SAE's reconstruction changes the next-token distribution than "

@@ -215,3 +215,24 @@ def test_the_cli_prints_a_row_per_claim_for_the_committed_run():
     assert lines[0].startswith("| claim | published | this run |") and lines[1].startswith("| --- |")
     assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == [c.name for c in CLAIMS]
     assert all(re.search(r"\| (replicated|departs|inconclusive): ", line) for line in lines[2:])
+
+
+def test_compare_sets_two_committed_runs_side_by_side(metrics, tmp_path):
+    from pipeline.claims import rows_at_revision, side_by_side
+
+    repo = metrics.parent
+    (repo / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(PARAMS)))
+    git = lambda *args: subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q", "-b", "main")
+    git("add", "metrics", "params.yaml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first run")
+    write(metrics, f"interventions/{FOCUS}-128.json", interventions(1.5, 1.4, 1.6, 1.0))
+    write(metrics, f"interventions/{RESID_2}-128.json", interventions(1.6, 1.5, 1.7, 1.2))
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "second run")
+    text = side_by_side({rev: rows_at_revision(rev, repo) for rev in ("HEAD~1", "HEAD")})
+    lines = text.splitlines()
+    assert lines[0] == "| claim | published | HEAD~1 | HEAD |" and len(lines) == 2 + len(CLAIMS)
+    resid = next(line for line in lines if line.startswith(f"| {claim('residual stream')} |"))
+    assert f"| {REPLICATED}: 3 [2.5, 3.6] (" in resid and f"| {DEPARTS}: 1.5 [1.4, 1.7] (" in resid, resid
+    with pytest.raises(SystemExit, match="no-such-rev"):
+        rows_at_revision("no-such-rev", repo)

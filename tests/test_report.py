@@ -135,7 +135,10 @@ def test_each_table_cell_is_its_own_metric(rendered, smoke_repo):
         for column, key in ((2, "error_vector_r2"), (3, "error_norm_r2"), (5, "sae_fvu"), (6, "nonlinear_fvu")):
             assert close(row[column], small[key], large[key], tol=5e-4), (hook, key, row)
 
-    inter_rows = {row[0]: row for row in tables["pathological"]}
+    inter_rows = {row[0]: row for row in tables["pathological"] if not row[0].startswith("published")}
+    gurnee = [row for row in tables["pathological"] if row[0].startswith("published: GPT-2 small, layer 6")]
+    assert len(gurnee) == 1 and gurnee[0][1:3] == ["0.1542", "0.0611"], gurnee  # Gurnee's published numbers
+    assert gurnee[0][3 + params.interventions.positions.index("all")] == "2.52", gurnee
     assert set(inter_rows) == {f"{h}-{w}" for h in params.interventions.hooks for w in params.interventions.widths}
     for name, row in inter_rows.items():
         m = load(smoke_repo, f"interventions/{name}.json")
