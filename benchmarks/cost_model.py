@@ -62,6 +62,7 @@ SHAPES = {
     "smollm2_135m": Shape(576, 30, 1536, 49152, 9, 3, 64, True),
     "gpt2": Shape(768, 12, 3072 * 2 // 3, 50257, 12, 12, 64, True),  # GELU MLP of 2 matrices ~ 3 of 2/3 the size
     "gemma2_2b": Shape(2304, 26, 9216, 256000, 8, 4, 256, True),
+    "gemma3_270m": Shape(640, 18, 2048, 262144, 4, 1, 256, True),
     "llama31_8b": Shape(4096, 32, 14336, 128256, 32, 8, 128, False),
 }
 
@@ -123,6 +124,11 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
     model_bytes = shape.params() * 4
     batch_bytes = params.lm.batch_size * context * shape.d * 4 * 8  # activations alive in one forward pass
     saes = sae.pairs() + [(h, w) for h, w, _ in sae.k_grid()]
+
+    def logits_bytes(batch: int) -> float:  # one float32 (B, T, V) tensor
+        return batch * context * shape.vocab * 4
+
+    chunk_bytes = 3 * 4 * (1 << 24)  # pipeline.logprobs: one chunk of positions' float32 log-probs, with temporaries
     l0 = sae.k if sae.source == "train" else pretrained_l0
 
     def sae_bytes(hook, width):
@@ -132,7 +138,8 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
         StageCost("harvest", "forward", all_tokens * shape.forward_flops(deepest, context, False), all_tokens,
                   scored * sum(d_of.values()) * store_bytes, model_bytes + batch_bytes),
         StageCost("lm_loss", "forward", all_tokens * (1 - (1 - tok.test_fraction) * tok.sae_fraction)
-                  * shape.forward_flops(shape.layers, context, True), all_tokens, scored * 8, model_bytes + batch_bytes),
+                  * shape.forward_flops(shape.layers, context, True), all_tokens, scored * 8,
+                  model_bytes + batch_bytes + logits_bytes(params.lm.batch_size) + chunk_bytes),
     ]
     train_flops = sum(params.train_sae.tokens * 12 * d_of[h] * w for h, w in saes) if sae.source == "train" else 0
     costs.append(StageCost("train_sae", "sae", train_flops, params.train_sae.tokens * len(saes) if train_flops else 0,
@@ -152,7 +159,9 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
     costs.append(StageCost("interventions", "splice", sum(
         splice_tokens * (n_inter * shape.forward_flops(shape.layers - Hook.parse(h, "").layer, context, True)
                          + shape.forward_flops(shape.layers, context, True)) for h in inter.hooks for _ in inter.widths),
-        splice_tokens * n_inter * len(inter.hooks) * len(inter.widths), 0, model_bytes + batch_bytes * n_inter))
+        splice_tokens * n_inter * len(inter.hooks) * len(inter.widths), 0,
+        # the clean log-probs and one spliced pass's logits, beside the cached prefix
+        model_bytes + batch_bytes + 2 * logits_bytes(inter.batch_size) + chunk_bytes))
     purs = params.pursuit
     pursued = (min(test, purs.test_rows) if purs.test_rows else test) + min(fit, purs.fit_rows)
     costs.append(StageCost("pursuit", "pursuit", sum(pursued * pursuit_flops_per_token(d_of[h], w, l0) for h in purs.hooks for w in purs.widths),

@@ -67,17 +67,23 @@ def gradient_pursuit_reference(s: np.ndarray, decoder: np.ndarray, target_l0: in
 
 
 @torch.no_grad()
-def pursue(decoder: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, l0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_hat by pursuit at each token's L0 `l0`, pursuit's own L0), with the SAE's decoder as the dictionary."""
-    w = gradient_pursuit(x - b_dec, decoder, l0)
-    return w @ decoder + b_dec, (w > 0).sum(-1)
+def pursue(decoder: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, l0: torch.Tensor,
+           center_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat by pursuit at each token's L0 `l0`, pursuit's own L0), with the SAE's decoder as the dictionary.
+    With `center_input` (an SAE trained on centred activations: pipeline.sae_inference, "Input
+    conventions"), the pursuit runs on x minus its per-token mean, and x_hat gets the mean back."""
+    mean = x.mean(-1, keepdim=True) if center_input else None
+    w = gradient_pursuit((x - mean if center_input else x) - b_dec, decoder, l0)
+    x_hat = w @ decoder + b_dec
+    return (x_hat + mean if center_input else x_hat), (w > 0).sum(-1)
 
 
 def pursuit_metrics(decoder: tuple[np.ndarray, np.ndarray], outputs: SaeOutputs, acts: zarr.Array, cfg: PursuitConfig,
-                    probe_bias: bool, probe_ridge: float, device: torch.device, progress: bool = True) -> dict:
+                    probe_bias: bool, probe_ridge: float, device: torch.device, progress: bool = True,
+                    center_input: bool = False) -> dict:
     """Encoder vs pursuit on the test rows (the first `cfg.test_rows`): FVU, L0, nonlinear FVU (each error's own linear probe,
     fitted on the first `cfg.fit_rows` fit rows), and the per-token comparison of the two errors.
-    `decoder` = (W_dec, b_dec); the encoder's x_hat and L0 are the ones `sae_outputs` stored."""
+    `decoder` = (W_dec, b_dec); the encoder's x_hat and L0 are the ones `sae_outputs` stored; `center_input`: see `pursue`."""
     split = RowSplit.of(acts)
     start, n_train = split.fit_rows.start, split.n_train_rows
     stop = min(n_train, start + cfg.fit_rows)
@@ -90,7 +96,7 @@ def pursuit_metrics(decoder: tuple[np.ndarray, np.ndarray], outputs: SaeOutputs,
             end = row + len(block)
             enc = torch.from_numpy(outputs.x_hat(row, end)).to(device)
             enc_l0 = torch.from_numpy(outputs.l0(row, end).astype(np.int64)).to(device)
-            yield x, enc, enc_l0, *pursue(W_dec, b_dec, x, enc_l0)
+            yield x, enc, enc_l0, *pursue(W_dec, b_dec, x, enc_l0, center_input)
 
     probes = {"encoder": NormalEquations(bias=probe_bias), "pursuit": NormalEquations(bias=probe_bias)}
     for x, enc, _, pur, _ in batches(start, stop, "pursuit: fit probes"):

@@ -10,6 +10,23 @@ sae-lens stays the trainer, the format and the reference: tests/test_sae_inferen
 SAEs of every architecture and normalization with sae-lens and holds the two equal. Whatever this
 module does not reproduce (other architectures, pre-6.0 configs, unknown weights) it refuses with
 an error naming the file and key, rather than guess.
+
+Input conventions. The pipeline feeds an SAE the activations of the HuggingFace model, which
+equal TransformerLens's unprocessed ones (tests/test_transformer_lens_parity.py). A pretrained
+SAE records in cfg.json's `metadata` how its model was loaded; where that changes what the SAE
+expects, `_input_conventions` either adapts (centring, see InferenceSAE) or refuses by key:
+- model_from_pretrained_kwargs.center_writing_weights at a hook that writes to the residual
+  stream (gpt2-small-res-jb and the other GPT-2 SAEs trained on TransformerLens's default GPT-2):
+  the SAE sees x minus its per-token mean, and x_hat gets that mean back (InferenceSAE);
+- model_from_pretrained_kwargs.fold_value_biases / refactor_factored_attn_matrices at attn.hook_z
+  (they change z; at the residual sites they change nothing): an error;
+- model_from_pretrained_kwargs.fold_ln / center_unembed: change no value at the pipeline's sites
+  (fold_ln moves the norms' gains and biases into the weights that read the normalised stream;
+  center_unembed shifts each token's logits by a constant): accepted, as are keys that only say
+  how to load (dtype, device, ...); any other key is an error;
+- prepend_bos false (the pipeline's contexts always start with BOS), hook_head_index set (an SAE
+  of one head's z; the pipeline's attn_z has all heads): errors.
+Project-trained SAEs have none of these keys, and their arithmetic is untouched.
 """
 
 from __future__ import annotations
@@ -41,6 +58,21 @@ ARCHITECTURES = ("standard", "topk", "jumprelu")
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm", "covariance_whitening")
 RESHAPES = ("none", "hook_z")
 LAYER_NORM_EPS = 1e-5
+# TransformerLens's center_writing_weights centres every weight that writes to the residual stream
+# (W_E, W_pos, W_O, b_O, W_out, b_out): the stream and every output added to it are then the HF
+# model's minus their mean over d_model. Hooks that read the stream (attn.hook_z, mlp.hook_post,
+# ...) sit behind a LayerNorm, which removes that mean anyway, and are unchanged. TransformerLens
+# centres LayerNorm models only (it skips RMSNorm ones, e.g. Llama, Gemma): every pretrained SAE
+# with the flag is a GPT-2 one, and this module cannot tell the model's norm from the SAE.
+RESIDUAL_WRITING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
+                          "hook_attn_out", "hook_mlp_out", "hook_result")
+# model_from_pretrained_kwargs that change attn.hook_z (the residual sites stay as they are):
+# fold_value_biases moves b_V into b_O (patterns sum to 1), so TL's z is HF's minus b_V per head;
+# refactor_factored_attn_matrices re-factors W_V W_O per head. Neither can be redone from z alone.
+Z_CHANGING_KWARGS = ("fold_value_biases", "refactor_factored_attn_matrices")
+# ...that change no value at any site the pipeline captures (see the module docstring), or only say how to load.
+NEUTRAL_KWARGS = ("fold_ln", "center_unembed", "dtype", "torch_dtype", "device", "n_devices", "move_to_device",
+                  "default_prepend_bos", "default_padding_side", "trust_remote_code", "first_n_layers", "n_ctx")
 
 
 @dataclass(frozen=True)
@@ -58,10 +90,20 @@ class InferenceConfig:
     k: int = 100  # topk only
     rescale_acts_by_decoder_norm: bool = False  # topk only
     metadata: dict = field(default_factory=dict, compare=False)
+    center_input: bool = False  # not a cfg.json field: from the metadata (_input_conventions)
 
 
 class InferenceSAE:
-    """An SAE for encode/decode only: plain tensors, no autograd, no hooks."""
+    """An SAE for encode/decode only: plain tensors, no autograd, no hooks.
+
+    With `cfg.center_input` (an SAE trained on TransformerLens's GPT-2 with center_writing_weights,
+    at a residual-stream hook), `encode(x)` takes the pipeline's (HF) activation x and feeds the SAE
+    `sae_input(x)` = x - x.mean(-1, keepdim=True), which is TransformerLens's activation there; it
+    remembers the removed mean, and the next `decode` adds it back to the SAE's output. x_hat is
+    thus in the pipeline's space (it splices into the HF model as TL's x_hat does into TL's), and
+    x - x_hat is the error in TransformerLens's space. Like the run-time normalizations, this
+    pairs each decode with the encode before it.
+    """
 
     def __init__(self, cfg: InferenceConfig, weights: dict[str, torch.Tensor]):
         self.cfg = cfg
@@ -70,18 +112,19 @@ class InferenceSAE:
         self.W_enc, self.b_enc = weights["W_enc"], weights["b_enc"]
         self.W_dec, self.b_dec = weights["W_dec"], weights["b_dec"]
         self.threshold = weights.get("threshold")  # jumprelu only
-        # Run-time state, as sae-lens keeps it: d_head from the first hook_z input, and the
-        # normalization statistics of the last encode, which the next decode undoes.
+        # Run-time state of the last encode, which the next decode uses: d_head of a hook_z input
+        # given as (..., n_heads, d_head), the normalization statistics, and the mean removed by centring.
         self._d_head: int | None = None
         self._norm_stats: tuple[torch.Tensor, ...] | None = None
+        self._removed_mean: torch.Tensor | None = None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense latents (..., d_sae)."""
-        x = x.to(self.dtype)
-        if self.cfg.reshape_activations == "hook_z":  # (..., n_heads, d_head) -> (..., d_in)
-            if self._d_head is None:
-                self._d_head = x.shape[-1]
-            x = x.flatten(-2)
+        if self.cfg.reshape_activations == "hook_z":
+            # (..., n_heads, d_head) as sae-lens takes it; the pipeline stores z flat (..., d_in), heads x d_head
+            # head-major as sae-lens flattens it, and then x_hat stays flat too.
+            self._d_head = x.shape[-1] if x.shape[-1] != self.cfg.d_in else None
+        x, self._removed_mean = self._sae_space(x)
         x = self._normalize_in(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
@@ -100,14 +143,32 @@ class InferenceSAE:
         if self.cfg.architecture == "topk" and self.cfg.rescale_acts_by_decoder_norm:
             latents = latents * (1 / self.W_dec.norm(dim=-1))
         x_hat = self._normalize_out(latents @ self.W_dec + self.b_dec)
-        if self.cfg.reshape_activations == "hook_z":
-            if self._d_head is None:
-                raise RuntimeError("hook_z SAE: decode needs d_head, which the first encode records; encode first")
+        if self.cfg.center_input:
+            if self._removed_mean is None:
+                raise RuntimeError("center_input: decode adds back the mean that the last encode removed, and there is "
+                                   "none pending; call encode first, once per decode")
+            x_hat, self._removed_mean = x_hat + self._removed_mean, None
+        if self.cfg.reshape_activations == "hook_z" and self._d_head is not None:
             x_hat = x_hat.unflatten(-1, (-1, self._d_head))
         return x_hat
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def sae_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The activation as the SAE was trained on it, from the pipeline's: x flattened (hook_z) and,
+        with `cfg.center_input`, centred; before the SAE's own normalization."""
+        return self._sae_space(x)[0]
+
+    def _sae_space(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(sae_input(x), the mean it removed or None)."""
+        x = x.to(self.dtype)
+        if self.cfg.reshape_activations == "hook_z" and x.shape[-1] != self.cfg.d_in:
+            x = x.flatten(-2)
+        if not self.cfg.center_input:
+            return x, None
+        mean = x.mean(dim=-1, keepdim=True)
+        return x - mean, mean
 
     def _normalize_in(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.cfg.normalize_activations
@@ -146,12 +207,16 @@ def encode_decode(sae: InferenceSAE, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def load_sae(path: Path | str, device: str = "cpu") -> InferenceSAE:
-    path = Path(path)
-    cfg_file = path / CFG_FILE
+    cfg = read_sae_config(path, device)
+    return InferenceSAE(cfg, _read_weights(Path(path) / WEIGHTS_FILE, cfg))
+
+
+def read_sae_config(path: Path | str, device: str = "cpu") -> InferenceConfig:
+    """The SAE's configuration (cfg.json, checked, with its input conventions), without its weights."""
+    cfg_file = Path(path) / CFG_FILE
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: no cfg.json; not an SAE in sae-lens format (run the train_sae stage)")
-    cfg = _read_config(cfg_file, str(device))
-    return InferenceSAE(cfg, _read_weights(path / WEIGHTS_FILE, cfg))
+    return _read_config(cfg_file, str(device))
 
 
 def _unsupported(cfg_file: Path, key: str, value, supported, why: str = "") -> ValueError:
@@ -180,10 +245,41 @@ def _read_config(cfg_file: Path, device: str) -> InferenceConfig:
     fields = {"architecture", "d_in", "d_sae", "dtype", "apply_b_dec_to_input", "normalize_activations", "reshape_activations"}
     if architecture == "topk":
         fields |= {"k", "rescale_acts_by_decoder_norm"}
-    cfg = InferenceConfig(**{key: raw[key] for key in fields if key in raw}, device=device, metadata=metadata)
+    cfg = InferenceConfig(**{key: raw[key] for key in fields if key in raw}, device=device, metadata=metadata,
+                          center_input=_input_conventions(cfg_file, metadata))
     if architecture == "topk" and not (isinstance(cfg.k, int) and 1 <= cfg.k <= cfg.d_sae):
         raise _unsupported(cfg_file, "k", cfg.k, [f"an integer in [1, d_sae={cfg.d_sae}]"])
     return cfg
+
+
+def _input_conventions(cfg_file: Path, metadata: dict) -> bool:
+    """Whether the SAE takes centred inputs; an error for a convention the pipeline cannot follow
+    (the module docstring lists them)."""
+    if metadata.get("prepend_bos", True) is False:
+        raise _unsupported(cfg_file, "metadata.prepend_bos", False, [True],
+                           " (the SAE was trained without a BOS token; the pipeline's contexts always start with one)")
+    if metadata.get("hook_head_index") is not None:
+        raise _unsupported(cfg_file, "metadata.hook_head_index", metadata["hook_head_index"], [None],
+                           " (an SAE of one attention head; the pipeline's attn.hook_z holds every head)")
+    kwargs = metadata.get("model_from_pretrained_kwargs") or {}
+    if (metadata.get("model_class_name") or "HookedTransformer") != "HookedTransformer":
+        return False  # kwargs of another loader (e.g. transformers' own): the HF model's activations, unprocessed
+    hook_name = metadata.get("hook_name")
+    hook = str(hook_name).rsplit(".", 1)[-1]
+    for key, value in kwargs.items():
+        prefix = f"metadata.model_from_pretrained_kwargs.{key}"
+        if key in Z_CHANGING_KWARGS and value and hook == "hook_z":
+            raise _unsupported(cfg_file, prefix, value, [False], f" at {hook_name} (TransformerLens's {key} changes "
+                               "attn.hook_z in a way the pipeline cannot redo from the HF model's z)")
+        if key not in (*Z_CHANGING_KWARGS, *NEUTRAL_KWARGS, "center_writing_weights"):
+            raise _unsupported(cfg_file, prefix, value, ["absent"],
+                               " (a TransformerLens loading option this module does not know to leave the activations alone)")
+    if not kwargs.get("center_writing_weights"):
+        return False
+    if not hook_name:
+        raise _unsupported(cfg_file, "metadata.hook_name", hook_name, ["a TransformerLens hook name"],
+                           " (needed with model_from_pretrained_kwargs.center_writing_weights: it centres residual-stream hooks only)")
+    return hook in RESIDUAL_WRITING_HOOKS
 
 
 def _read_weights(weights_file: Path, cfg: InferenceConfig) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from pipeline.params_check import load_checked_params
 from pipeline.pursuit import pursuit_metrics
 from pipeline.row_split import RowSplit
 from pipeline.sae_files import check_fits, read_decoder
+from pipeline.sae_inference import read_sae_config
 from pipeline.sae_output_store import SaeOutputs
 from stages.common import per_sae_arguments, run_and_exit, stage, write_json
 
@@ -27,7 +28,8 @@ def main() -> None:
         # The widths must agree: the stored encoder outputs must be this SAE's.
         check_fits(decoder[0].shape[1], decoder[0].shape[0], acts.shape[1], outputs.d_sae, f"--sae {args.sae} (--sae-outputs {args.sae_outputs})")
         device = resolve_device(cfg.device, "pursuit.device")
-        metrics = pursuit_metrics(decoder, outputs, acts, cfg, probes.bias, probes.ridge, device)
+        metrics = pursuit_metrics(decoder, outputs, acts, cfg, probes.bias, probes.ridge, device,
+                                  center_input=read_sae_config(args.sae).center_input)
         write_json(args.metrics, metrics)
         print(f"pursuit {Path(args.sae).name}: FVU {metrics['encoder_fvu']:.4f} -> {metrics['pursuit_fvu']:.4f}, "
               f"nonlinear FVU {metrics['encoder_nonlinear_fvu']:.4f} -> {metrics['pursuit_nonlinear_fvu']:.4f}, "

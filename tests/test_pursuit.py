@@ -87,3 +87,22 @@ def test_pursuit_stage_on_the_smoke_sae(smoke_repo):
     sae_fvu = json.loads((smoke_repo / "metrics/sae/blocks.2.hook_resid_post-512.json").read_text())["fvu"]
     # pursuit reads the x_hat sae_outputs stored: its FVU code and sae_outputs' must agree on it.
     assert m["encoder_fvu"] == pytest.approx(sae_fvu, rel=1e-5)
+
+
+def test_pursuit_of_a_centred_sae_runs_in_its_space_and_returns_to_the_pipelines():
+    """An SAE trained on centred activations (pipeline.sae_inference, "Input conventions"): pursuit
+    sees x minus its per-token mean, and x_hat gets the mean back, so x - x_hat is the SAE's error."""
+    import torch
+
+    from pipeline.pursuit import pursue
+
+    g = torch.Generator().manual_seed(0)
+    decoder = torch.nn.functional.normalize(torch.randn(32, 8, generator=g), dim=-1)
+    b_dec, x = torch.randn(8, generator=g) * 0.1, torch.randn(20, 8, generator=g) + 3.0  # a mean far from 0
+    l0 = torch.full((20,), 3)
+    mean = x.mean(-1, keepdim=True)
+    in_sae_space, l0_centred = pursue(decoder, b_dec, x - mean, l0)
+    x_hat, l0_pursued = pursue(decoder, b_dec, x, l0, center_input=True)
+    torch.testing.assert_close(x_hat, in_sae_space + mean)
+    assert torch.equal(l0_pursued, l0_centred)
+    assert (pursue(decoder, b_dec, x, l0)[0] - x_hat).abs().max() > 0.1  # without centring it differs
