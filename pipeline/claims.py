@@ -489,9 +489,10 @@ def side_by_side(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rows_at_revision(rev: str, repo: Path = Path(".")) -> list[dict]:
-    """The claims of the run committed at git revision `rev` (a branch, tag or commit): its
-    metrics/ and params.yaml, read out of git into a temporary folder."""
+def rows_of_run(run: str, repo: Path = Path(".")) -> list[dict]:
+    """The claims of a run: a folder holding its metrics/ and params.yaml (e.g. runs/gemma3), or a
+    git revision (a branch, tag or commit) of `repo`, whose metrics/ and params.yaml are read out
+    of git into a temporary folder."""
     import subprocess
     import tarfile
     import tempfile
@@ -500,6 +501,10 @@ def rows_at_revision(rev: str, repo: Path = Path(".")) -> list[dict]:
     from pipeline.config import load_params
     from pipeline.report import ReportInputs
 
+    folder = Path(run)
+    if (folder / "metrics").is_dir() and (folder / "params.yaml").is_file():
+        return claims_table(ReportInputs(folder / "metrics", folder / "figures", load_params(folder / "params.yaml")))
+    rev = run
     archive = subprocess.run(["git", "archive", rev, "metrics", "params.yaml"], cwd=repo, capture_output=True)
     if archive.returncode != 0:
         raise SystemExit(f"--compare {rev}: git archive failed: {archive.stderr.decode().strip()}")
@@ -517,11 +522,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Print the claim-by-claim verdict as a Markdown table.")
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--compare", nargs="+", metavar="REV",
-                        help="instead, one table of the runs committed at these git revisions, side by side")
+    parser.add_argument("--compare", nargs="+", metavar="RUN",
+                        help="instead, one table of these runs side by side: git revisions, or folders holding metrics/ and params.yaml")
     args = parser.parse_args(argv)
     if args.compare:
-        print(side_by_side({rev: rows_at_revision(rev) for rev in args.compare}), end="")
+        print(side_by_side({run: rows_of_run(run) for run in args.compare}), end="")
         return
     inputs = ReportInputs(args.metrics, Path("figures"), load_params(args.params))
     print(markdown(claims_table(inputs)), end="")

@@ -218,7 +218,7 @@ def test_the_cli_prints_a_row_per_claim_for_the_committed_run():
 
 
 def test_compare_sets_two_committed_runs_side_by_side(metrics, tmp_path):
-    from pipeline.claims import rows_at_revision, side_by_side
+    from pipeline.claims import rows_of_run, side_by_side
 
     repo = metrics.parent
     (repo / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(PARAMS)))
@@ -229,10 +229,11 @@ def test_compare_sets_two_committed_runs_side_by_side(metrics, tmp_path):
     write(metrics, f"interventions/{FOCUS}-128.json", interventions(1.5, 1.4, 1.6, 1.0))
     write(metrics, f"interventions/{RESID_2}-128.json", interventions(1.6, 1.5, 1.7, 1.2))
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "second run")
-    text = side_by_side({rev: rows_at_revision(rev, repo) for rev in ("HEAD~1", "HEAD")})
+    text = side_by_side({rev: rows_of_run(rev, repo) for rev in ("HEAD~1", "HEAD")})
     lines = text.splitlines()
     assert lines[0] == "| claim | published | HEAD~1 | HEAD |" and len(lines) == 2 + len(CLAIMS)
     resid = next(line for line in lines if line.startswith(f"| {claim('residual stream')} |"))
     assert f"| {REPLICATED}: 3 [2.5, 3.6] (" in resid and f"| {DEPARTS}: 1.5 [1.4, 1.7] (" in resid, resid
+    assert rows_of_run(str(repo)) == rows_of_run("HEAD", repo)  # a folder: the run in it
     with pytest.raises(SystemExit, match="no-such-rev"):
-        rows_at_revision("no-such-rev", repo)
+        rows_of_run("no-such-rev", repo)
