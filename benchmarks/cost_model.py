@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Hook  # noqa: E402
+from pipeline.logprobs import CHUNK_ELEMENTS  # noqa: E402
 from pipeline.sae_config import SaeSetConfig  # noqa: E402
 
 
@@ -128,7 +129,7 @@ def stage_costs(params, pretrained_l0: int) -> list[StageCost]:
     def logits_bytes(batch: int) -> float:  # one float32 (B, T, V) tensor
         return batch * context * shape.vocab * 4
 
-    chunk_bytes = 3 * 4 * (1 << 24)  # pipeline.logprobs: one chunk of positions' float32 log-probs, with temporaries
+    chunk_bytes = 3 * 4 * CHUNK_ELEMENTS  # pipeline.logprobs: one chunk of positions' float32 log-probs, with temporaries
     l0 = sae.k if sae.source == "train" else pretrained_l0
 
     def sae_bytes(hook, width):

@@ -80,7 +80,7 @@ def _rows(acts: torch.Tensor, scored: torch.Tensor, dtype: torch.dtype, name: st
     """(B, T, d) activations -> (scored tokens, d) rows in token-index order, on the CPU.
 
     Fails on a value that is not finite in the store's dtype: float16 ends at 65504, which the
-    residual stream of late layers can reach (Gemma 3 270M: up to 5e4 at layer 17, 1e5 at BOS).
+    residual stream of late layers can pass (Gemma 3 270M: 8.9e4 at scored tokens by layer 13).
     """
     rows = acts[scored]
     stored = rows.to(dtype)

@@ -1,9 +1,9 @@
 """Log-probabilities, KL and next-token CE from logits (B, T, V), a few positions at a time.
 
 A float32 (B, T, V) tensor is 1 GiB for 8 x 128 tokens of Gemma's 262,144-token vocabulary. The
-functions here convert and normalise the model's logits one block of positions at a time, so
-beyond their inputs and outputs they hold at most `CHUNK_ELEMENTS` float32 values (64 MiB) of the
-vocabulary axis at once, whatever its size. Every operation is per position, so the results are
+functions here convert and normalise the model's logits one block of positions at a time: beyond
+their inputs and outputs, they hold a few float32 temporaries of one block (`CHUNK_ELEMENTS`
+values, 64 MiB, each), whatever the vocabulary's size. Every operation is per position, so the results are
 the same, bit for bit, as on the whole tensor (tests/test_logprobs.py).
 """
 

@@ -129,6 +129,9 @@ def materialise(cfg: ModelConfig, out_dir: Path) -> dict:
     model, tokenizer = load_source_model(cfg)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    # transformers saves whether HF_HUB_OFFLINE was set as `local_files_only`: fix it (the checkpoint
+    # is local), so that the checkpoint's bytes, and with them every later stage, do not depend on it.
+    tokenizer.init_kwargs["local_files_only"] = True
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     weights = sorted(tmp.glob("*.safetensors"))

@@ -337,7 +337,7 @@ def pathological_section(inputs: ReportInputs) -> Section | None:
     gurnee = GURNEE_GPT2_LAYER6
     rows.append(["published: GPT-2 small, layer 6 resid, jb SAE (Gurnee)", fmt(gurnee["kl_sae"], 4), fmt(gurnee["kl_epsilon_random"], 4),
                  *(fmt(gurnee["kl_ratio"], 2) if s == "all" else "" for s in settings), "", "", "",
-                 f"ratio {gurnee['kl_ratio']}x (every position); CE {gurnee['ce_clean']} clean, {gurnee['ce_spliced']} spliced"])
+                 published_text("gurnee_gpt2_layer6")])
     return Section(
         "pathological", "Pathological errors: splicing the SAE into the model",
         "The KL ratio is how much more splicing in the SAE's reconstruction changes the next-token distribution than "

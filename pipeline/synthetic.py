@@ -50,13 +50,18 @@ def latent_order(sae: InferenceSAE, x_clean: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _decode_masked(sae: InferenceSAE, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """decode(encode(x) * mask): encoded afresh for each decode, as an SAE with run-time input
+    statistics (normalization, centring: pipeline.sae_inference) pairs every decode with an encode."""
+    return sae.decode(sae.encode(x) * mask)
+
+
 def run_grid(sae: InferenceSAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: SyntheticConfig) -> list[GridPoint]:
     """Every (sigma_a, sigma_r, masked fraction) of the config, on the given real activations."""
     generator = torch.Generator().manual_seed(cfg.seed)
     acts = {name: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(sae.device) for name, a in (("train", train_acts), ("test", test_acts))}
     scale = float(acts["train"].cpu().double().var(0).mean().sqrt())
     clean = {name: encode_decode(sae, a)[1] for name, a in acts.items()}
-    latents = {name: encode_decode(sae, c)[0] for name, c in clean.items()}
     order = latent_order(sae, clean["train"])
     noise = {  # one draw per split and kind, scaled per grid point: grid points differ only by the planted sizes
         (name, kind): torch.randn(c.shape, generator=generator).to(c.device) for name, c in clean.items() for kind in ("a", "r")
@@ -65,7 +70,7 @@ def run_grid(sae: InferenceSAE, train_acts: np.ndarray, test_acts: np.ndarray, c
     for masked in cfg.masked_fraction:
         mask = torch.ones(sae.cfg.d_sae, device=sae.device)
         mask[order[: int(round(masked * sae.cfg.d_sae))]] = 0
-        decoded = {name: sae.decode(f * mask) for name, f in latents.items()}
+        decoded = {name: _decode_masked(sae, clean[name], mask) for name in clean}
         for sigma_a, sigma_r in itertools.product(cfg.activation_noise, cfg.introduced_noise):
             observed = {name: clean[name] + sigma_a * scale * noise[name, "a"] for name in clean}
             recon = {name: decoded[name] + sigma_r * scale * noise[name, "r"] for name in clean}

@@ -15,6 +15,7 @@ from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.sae_files import read_decoder
+from pipeline.sae_inference import read_sae_config
 from pipeline.sae_output_store import SaeOutputs
 from pipeline.scaling import BANDS, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
 from pipeline.store_integrity import open_checked
@@ -119,6 +120,10 @@ def main() -> None:
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, half)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
+                if read_sae_config(args.saes / name).center_input:
+                    # x_hat - b_dec in the SAE's own space needs the per-token mean its input lost, which is not stored
+                    log.info("scaling %s: no latent-vs-probe analysis for a centred SAE (docs/science.md, \"SAE input conventions\")", name)
+                    continue
                 latent[width] = latent_vs_probe(read_decoder(args.saes / name), group, row_split, cfg.block_rows)
 
             # Only the SAEs this run's pursuit ran on: metrics/pursuit may also hold another run's files.
@@ -129,7 +134,8 @@ def main() -> None:
                       ([w, fvu[i], law(w) if law else "", nonlinear[i], *(bands[b][i] for b in BANDS)] for i, w in enumerate(widths)))
             draw_bands(hook, widths, fvu, bands, law, args.figures / f"{hook}-bands.png")
             draw_per_token(hook, widths, r2, gain, args.figures / f"{hook}-per_token.png")
-            draw_latent_probe(hook, latent, cfg.smoothing_latents, args.figures / f"{hook}-latent_vs_probe.png")
+            if latent:
+                draw_latent_probe(hook, latent, cfg.smoothing_latents, args.figures / f"{hook}-latent_vs_probe.png")
 
             pairs = [(i, j) for i in range(len(widths)) for j in range(i + 1, len(widths))]
             results[hook] = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -287,3 +288,28 @@ def test_unsupported_conventions_are_clear_errors(tmp_path, hook_name, edit, key
 def test_conventions_that_change_nothing_are_accepted(tmp_path, hook_name, kwargs, centred):
     path = _trained_sae(tmp_path, {"hook_name": hook_name, "model_from_pretrained_kwargs": kwargs})
     assert load_sae(path).cfg.center_input is centred
+
+
+def test_synthetic_grid_runs_a_centred_sae_and_masks_in_its_space(tmp_path, gpt2, tl_models):
+    """pipeline.synthetic decodes masked latents: each decode gets its own encode, so a centred
+    SAE's mean is the one of the rows it decodes (train and test alike)."""
+    from pipeline.analysis_config import SyntheticConfig
+    from pipeline.synthetic import _decode_masked, run_grid
+
+    _, ids = gpt2
+    hook = Hook("resid_post", LAYER)
+    _, tl_cache = tl_models["centred"].run_with_cache(ids, names_filter=[hook.name])
+    pretrained_style_sae(tmp_path / "sae", "standard", hook, tl_cache[hook.name])
+    sae = load_sae(tmp_path / "sae")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 64, generator=g) + torch.linspace(-3, 3, 40)[:, None]  # rows with different means
+    mask = (torch.rand(D_SAE, generator=g) > 0.3).float()
+    centred = sae.sae_input(x)
+    in_sae_space = load_sae(tmp_path / "sae")  # the same SAE, told its input is already centred
+    in_sae_space.cfg = dataclasses.replace(in_sae_space.cfg, center_input=False)
+    expected = in_sae_space.decode(in_sae_space.encode(centred) * mask) + (x - centred)  # decoded in its space, mean back
+    assert_close(_decode_masked(sae, x, mask), expected, "masked decode")
+    cfg = SyntheticConfig(hooks=[hook.name], widths=[D_SAE], activation_noise=[0.0, 0.1], introduced_noise=[0.0],
+                          masked_fraction=[0.0, 0.25])
+    points = run_grid(sae, x[:30].numpy(), x[30:].numpy(), cfg)
+    assert len(points) == 4 and all(math.isfinite(p.linear_fvu) for p in points)
