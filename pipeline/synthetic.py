@@ -49,13 +49,13 @@ def latent_order(sae: InferenceSAE, x_clean: torch.Tensor) -> torch.Tensor:
     return torch.argsort(latents.mean(0))
 
 
-@torch.no_grad()
 def _decode_masked(sae: InferenceSAE, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """decode(encode(x) * mask): encoded afresh for each decode, as an SAE with run-time input
     statistics (normalization, centring: pipeline.sae_inference) pairs every decode with an encode."""
     return sae.decode(sae.encode(x) * mask)
 
 
+@torch.no_grad()
 def run_grid(sae: InferenceSAE, train_acts: np.ndarray, test_acts: np.ndarray, cfg: SyntheticConfig) -> list[GridPoint]:
     """Every (sigma_a, sigma_r, masked fraction) of the config, on the given real activations."""
     generator = torch.Generator().manual_seed(cfg.seed)
