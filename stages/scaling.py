@@ -15,7 +15,7 @@ from pipeline.plots import heatmap, new_figure, save
 from pipeline.row_split import RowSplit
 from pipeline.sae_config import sae_name
 from pipeline.sae_files import read_decoder
-from pipeline.sae_inference import read_sae_config
+from pipeline.sae_centring import takes_centred_input
 from pipeline.sae_output_store import SaeOutputs
 from pipeline.scaling import BANDS, error_bands, fit_power_law, latent_vs_probe, per_token_scaling
 from pipeline.store_integrity import open_checked
@@ -120,7 +120,7 @@ def main() -> None:
             r2, gain = per_token_scaling(error_norms, nonlinear_norms, half)
             latent = {}
             for width, name, group in zip(widths, names, outputs):
-                if read_sae_config(args.saes / name).center_input:
+                if takes_centred_input(args.saes / name):
                     # x_hat - b_dec in the SAE's own space needs the per-token mean its input lost, which is not stored
                     log.info("scaling %s: no latent-vs-probe analysis for a centred SAE (docs/science.md, \"SAE input conventions\")", name)
                     continue

@@ -313,3 +313,22 @@ def test_synthetic_grid_runs_a_centred_sae_and_masks_in_its_space(tmp_path, gpt2
                           masked_fraction=[0.0, 0.25])
     points = run_grid(sae, x[:30].numpy(), x[30:].numpy(), cfg)
     assert len(points) == 4 and all(math.isfinite(p.linear_fvu) for p in points)
+
+
+@pytest.mark.parametrize("metadata", [
+    {"hook_name": "blocks.1.hook_resid_pre", "model_from_pretrained_kwargs": {"center_writing_weights": True}},
+    {"hook_name": "blocks.1.hook_mlp_out", "model_from_pretrained_kwargs": {"center_writing_weights": True}},
+    {"hook_name": "blocks.1.attn.hook_z", "model_from_pretrained_kwargs": {"center_writing_weights": True}},
+    {"hook_name": "blocks.1.hook_resid_pre", "model_from_pretrained_kwargs": {"center_writing_weights": False}},
+    {"hook_name": "blocks.1.hook_resid_pre", "model_class_name": "AutoModelForCausalLM",
+     "model_from_pretrained_kwargs": {"center_writing_weights": True}},
+    {"hook_name": "blocks.1.hook_resid_pre"},
+])
+def test_the_torch_free_centring_answer_equals_the_loaders(tmp_path, metadata):
+    """pipeline.sae_centring (for numpy-only stages) answers as pipeline.sae_inference does."""
+    from pipeline.sae_centring import RESIDUAL_WRITING_HOOKS, takes_centred_input
+    from pipeline.sae_inference import RESIDUAL_WRITING_HOOKS as LOADERS, read_sae_config
+
+    _trained_sae(tmp_path, metadata)
+    assert RESIDUAL_WRITING_HOOKS == LOADERS
+    assert takes_centred_input(tmp_path / "sae") == read_sae_config(tmp_path / "sae").center_input
