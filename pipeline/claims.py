@@ -467,10 +467,12 @@ def row_cells(row: dict) -> list[str]:
     return [row["claim"], row["published"], this_run, row["interval"] or "n/a", verdict_cell, row["rule"], row["reads"]]
 
 
+def markdown_line(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def markdown(rows: list[dict]) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-    return "\n".join([line(HEADER), line(["---"] * len(HEADER)), *(line(row_cells(r)) for r in rows)]) + "\n"
+    return "\n".join([markdown_line(HEADER), markdown_line(["---"] * len(HEADER)), *(markdown_line(row_cells(r)) for r in rows)]) + "\n"
 
 
 def side_by_side(runs: dict[str, list[dict]]) -> str:
@@ -478,14 +480,14 @@ def side_by_side(runs: dict[str, list[dict]]) -> str:
     interval and verdict."""
     names = list(runs)
     header = ["claim", "published", *names]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    lines = [markdown_line(header), markdown_line(["---"] * len(header))]
     for i, claim in enumerate(CLAIMS):
         cells = [claim.name, range_text(*claim.published_range)]
         for name in names:
             row = runs[name][i]
             value = "n/a" if row["missing"] else num(row["value"])
             cells.append(f"{row['verdict']}: {value}" + (f" {row['interval']}" if row["interval"] else ""))
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append(markdown_line(cells))
     return "\n".join(lines) + "\n"
 
 

@@ -160,3 +160,15 @@ def smoke_params(smoke_repo):
     from pipeline.config import load_params
 
     return load_params(smoke_repo / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: on a busy machine, torch's thread pool makes each op ~10x slower. Modules of
+    tiny-model tests use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -38,7 +38,8 @@ from pipeline.splice import PrefixCache, token_kl_and_ce
 from tests.tl_models import VOCAB, save_tiny_model, tl_activation, tl_model
 
 # sae-lens warns, on loading an SAE with model_from_pretrained_kwargs, to load the model with them: these tests do.
-pytestmark = pytest.mark.filterwarnings(r"ignore:\s*This SAE has non-empty model_from_pretrained_kwargs:UserWarning")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings(r"ignore:\s*This SAE has non-empty model_from_pretrained_kwargs:UserWarning")]
 
 LAYER = 1
 SITES = ("resid_pre", "resid_post", "mlp_out", "attn_z")
@@ -49,14 +50,6 @@ CE_RTOL = 2e-6
 # The flags TransformerLens's from_pretrained applies by default (sae-lens loads with all off, then
 # the SAE's model_from_pretrained_kwargs): HookedTransformer.load_and_process_state_dict's names.
 FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

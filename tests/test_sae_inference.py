@@ -32,14 +32,7 @@ NORMALIZATIONS = [
     ("covariance_whitening", False),
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: on a busy machine, torch's thread pool makes each op ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(gen: torch.Generator, n: int) -> torch.Tensor:

@@ -37,13 +37,7 @@ RTOL = 1e-5  # activations: relative to the largest |value| (measured: module do
 CE_RTOL = 2e-6  # CE per token, relative
 KL_ATOL = 2e-6  # KL per token, absolute
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=ARCHS)
